@@ -1,0 +1,1 @@
+"""timebank-ledger: an event-sourced mutual-credit ledger for time banks."""

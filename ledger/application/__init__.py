@@ -1,0 +1,1 @@
+"""Use cases: the event store, one writer per bank, and the Ledger facade the entrypoints call."""

@@ -1,0 +1,1 @@
+"""The ledger's rules: banks, accounts, transfers; imports nothing from gRPC or the database."""

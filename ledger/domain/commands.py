@@ -1,0 +1,305 @@
+"""Write commands: what a caller asked for, validated against the limits before it reaches a bank.
+
+Field names match the protobuf request fields, so an error's `field` names what the caller sent.
+Every command is idempotent under its client-chosen id; `content()` is what a retry must repeat.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from datetime import date
+from typing import Any
+
+from ledger.domain import limits
+from ledger.domain.errors import InvalidInput
+
+ACCOUNT_KINDS = ("member", "pool", "system")
+_id_re = re.compile(limits.id_pattern)
+
+
+def check_id(field: str, value: str) -> None:
+    if not value:
+        raise InvalidInput("FIELD_REQUIRED", f"{field} is required", field=field)
+    if len(value) > limits.id_length_max:
+        raise InvalidInput(
+            "FIELD_TOO_LONG",
+            f"{field} is longer than {limits.id_length_max} characters",
+            field=field,
+        )
+    if not _id_re.match(value):
+        raise InvalidInput(
+            "INVALID_ID",
+            f"{field} may hold only letters, digits and . _ : - and must start with a letter or digit",
+            field=field,
+        )
+
+
+def check_text(field: str, value: str, length_max: int, *, required: bool = False) -> None:
+    if required and not value.strip():
+        raise InvalidInput("FIELD_REQUIRED", f"{field} is required", field=field)
+    if len(value) > length_max:
+        raise InvalidInput(
+            "FIELD_TOO_LONG", f"{field} is longer than {length_max} characters", field=field
+        )
+    if any(ord(c) < 32 and c not in "\t\n" for c in value):
+        raise InvalidInput(
+            "INVALID_CHARACTERS", f"{field} holds control characters", field=field
+        )
+
+
+def check_amount(field: str, amount_minutes: int) -> None:
+    if amount_minutes <= 0:
+        raise InvalidInput(
+            "AMOUNT_NOT_POSITIVE", f"{field} must be a positive number of minutes", field=field
+        )
+    if amount_minutes > limits.amount_minutes_max:
+        raise InvalidInput(
+            "AMOUNT_TOO_LARGE",
+            f"{field} must be at most {limits.amount_minutes_max} minutes",
+            field=field,
+        )
+
+
+def check_limits(lower_limit_minutes: int, upper_limit_minutes: int | None) -> None:
+    if not -limits.limit_minutes_max <= lower_limit_minutes <= 0:
+        raise InvalidInput(
+            "INVALID_LIMIT",
+            f"lower_limit_minutes must be between -{limits.limit_minutes_max} and 0",
+            field="lower_limit_minutes",
+        )
+    if upper_limit_minutes is not None and not 0 <= upper_limit_minutes <= limits.limit_minutes_max:
+        raise InvalidInput(
+            "INVALID_LIMIT",
+            f"upper_limit_minutes must be between 0 and {limits.limit_minutes_max}",
+            field="upper_limit_minutes",
+        )
+
+
+class Command:
+    """Base of every write command."""
+
+    # The field that carries the client-chosen idempotency id.
+    id_field: str = ""
+    # Fields that are metadata about the call, not content a retry must repeat.
+    not_content: tuple[str, ...] = ("actor",)
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    def content(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.name not in self.not_content
+        }
+
+    def first_difference(self, earlier: Command) -> str | None:
+        """The first content field in which this retry differs from the earlier command."""
+        if type(earlier) is not type(self):
+            return "kind"
+        mine, theirs = self.content(), earlier.content()
+        for name, value in mine.items():
+            if theirs.get(name) != value:
+                return name
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateBank(Command):
+    bank_id: str
+    name: str
+    actor: str = ""
+    id_field = "bank_id"
+
+    def validate(self) -> None:
+        check_id("bank_id", self.bank_id)
+        check_text("name", self.name, limits.bank_name_length_max, required=True)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAccount(Command):
+    account_id: str
+    kind: str
+    lower_limit_minutes: int = 0
+    upper_limit_minutes: int | None = None
+    actor: str = ""
+    id_field = "account_id"
+
+    def validate(self) -> None:
+        check_id("account_id", self.account_id)
+        if self.kind not in ACCOUNT_KINDS:
+            raise InvalidInput(
+                "INVALID_ACCOUNT_KIND",
+                f"kind must be one of {', '.join(ACCOUNT_KINDS)}",
+                field="kind",
+            )
+        check_limits(self.lower_limit_minutes, self.upper_limit_minutes)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeLimits(Command):
+    request_id: str
+    account_id: str
+    lower_limit_minutes: int
+    upper_limit_minutes: int | None = None
+    reason: str = ""
+    actor: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("account_id", self.account_id)
+        check_limits(self.lower_limit_minutes, self.upper_limit_minutes)
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+STATUS_ACTIONS = ("freeze", "unfreeze", "close")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeStatus(Command):
+    request_id: str
+    account_id: str
+    action: str
+    reason: str = ""
+    actor: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("account_id", self.account_id)
+        if self.action not in STATUS_ACTIONS:
+            raise InvalidInput(
+                "INVALID_ACTION", f"action must be one of {', '.join(STATUS_ACTIONS)}", field="action"
+            )
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTransfer(Command):
+    transfer_id: str
+    payer_account_id: str
+    payee_account_id: str
+    amount_minutes: int
+    memo: str = ""
+    category: str = ""
+    # The day the service was given, ISO 8601 (YYYY-MM-DD); empty if not given.
+    service_date: str = ""
+    pending: bool = False
+    # Pending only: seconds until the hold expires; 0 holds it until posted or voided.
+    timeout_seconds: int = 0
+    actor: str = ""
+    id_field = "transfer_id"
+
+    def validate(self) -> None:
+        check_id("transfer_id", self.transfer_id)
+        check_id("payer_account_id", self.payer_account_id)
+        check_id("payee_account_id", self.payee_account_id)
+        if self.payer_account_id == self.payee_account_id:
+            raise InvalidInput(
+                "SAME_ACCOUNT", "payer and payee must be different accounts", field="payee_account_id"
+            )
+        check_amount("amount_minutes", self.amount_minutes)
+        check_text("memo", self.memo, limits.memo_length_max)
+        check_text("category", self.category, limits.category_length_max)
+        check_text("actor", self.actor, limits.actor_length_max)
+        if self.service_date:
+            try:
+                date.fromisoformat(self.service_date)
+            except ValueError:
+                raise InvalidInput(
+                    "INVALID_DATE", "service_date must be a date as YYYY-MM-DD", field="service_date"
+                ) from None
+            if len(self.service_date) != 10:
+                raise InvalidInput(
+                    "INVALID_DATE", "service_date must be a date as YYYY-MM-DD", field="service_date"
+                )
+        if not self.pending and self.timeout_seconds:
+            raise InvalidInput(
+                "TIMEOUT_WITHOUT_PENDING",
+                "timeout_seconds applies only to pending transfers",
+                field="timeout_seconds",
+            )
+        if not 0 <= self.timeout_seconds <= limits.pending_timeout_seconds_max:
+            raise InvalidInput(
+                "INVALID_TIMEOUT",
+                f"timeout_seconds must be between 0 and {limits.pending_timeout_seconds_max}",
+                field="timeout_seconds",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTransfers(Command):
+    """A batch: linked means all or nothing; otherwise each item stands on its own."""
+
+    items: tuple[CreateTransfer, ...]
+    linked: bool = False
+
+    def validate(self) -> None:
+        if not self.items:
+            raise InvalidInput("BATCH_EMPTY", "a batch needs at least one transfer", field="transfers")
+        if len(self.items) > limits.transfers_per_batch_max:
+            raise InvalidInput(
+                "BATCH_TOO_LARGE",
+                f"a batch holds at most {limits.transfers_per_batch_max} transfers",
+                field="transfers",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PostPending(Command):
+    request_id: str
+    transfer_id: str
+    # None posts the full pending amount; less posts part and releases the rest.
+    amount_minutes: int | None = None
+    actor: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("transfer_id", self.transfer_id)
+        if self.amount_minutes is not None:
+            check_amount("amount_minutes", self.amount_minutes)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+@dataclass(frozen=True, slots=True)
+class VoidPending(Command):
+    request_id: str
+    transfer_id: str
+    reason: str = ""
+    actor: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("transfer_id", self.transfer_id)
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseTransfer(Command):
+    transfer_id: str
+    reverses_transfer_id: str
+    reason: str
+    actor: str = ""
+    id_field = "transfer_id"
+
+    def validate(self) -> None:
+        check_id("transfer_id", self.transfer_id)
+        check_id("reverses_transfer_id", self.reverses_transfer_id)
+        if self.transfer_id == self.reverses_transfer_id:
+            raise InvalidInput(
+                "SAME_TRANSFER", "a reversal needs its own new transfer_id", field="transfer_id"
+            )
+        check_text("reason", self.reason, limits.reason_length_max, required=True)
+        check_text("actor", self.actor, limits.actor_length_max)
+
+
+BankCommand = OpenAccount | ChangeLimits | ChangeStatus | CreateTransfer | CreateTransfers | PostPending | VoidPending | ReverseTransfer

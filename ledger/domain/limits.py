@@ -1,0 +1,25 @@
+"""Named maxima on every input: ids, strings, amounts, batches and pages."""
+
+from __future__ import annotations
+
+# Ids are chosen by clients; this alphabet keeps them safe in URLs, logs and page tokens.
+id_pattern = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+id_length_max = 64
+
+bank_name_length_max = 200
+memo_length_max = 500
+category_length_max = 64
+reason_length_max = 500
+actor_length_max = 128
+
+# A year of minutes is 525,600; a single transfer of more than ~1,900 years is a typo.
+amount_minutes_max = 1_000_000_000
+# Limits stay far inside int64 so no sum of balances can overflow.
+limit_minutes_max = 1_000_000_000_000
+
+# A pending transfer may be held for at most a year; 0 means "until posted or voided".
+pending_timeout_seconds_max = 366 * 24 * 3600
+
+transfers_per_batch_max = 1_000
+page_size_default = 50
+page_size_max = 1_000

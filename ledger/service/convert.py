@@ -1,0 +1,254 @@
+"""Pure translation: protobuf requests to domain commands, domain views to protobuf messages.
+
+Field names are the same on both sides, so a domain error's `field` names the request field.
+An enum left UNSPECIFIED, or set to a number this version does not know, is InvalidInput.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger.domain.commands import (
+    ChangeLimits,
+    ChangeStatus,
+    CreateBank,
+    CreateTransfer,
+    CreateTransfers,
+    OpenAccount,
+    PostPending,
+    ReverseTransfer,
+    VoidPending,
+)
+from ledger.domain.errors import DomainError, InvalidInput
+from ledger.domain.views import AccountView, BankView, BatchItemResult, TransferView
+from ledger.service import errors
+from timebank.ledger.v1 import ledger_pb2 as pb
+
+# An enum's number type, as mypy-protobuf declares it (AccountKind.ValueType, ...).
+Enum = TypeVar("Enum", bound=int)
+
+account_kinds: Mapping[pb.AccountKind.ValueType, str] = {
+    pb.ACCOUNT_KIND_MEMBER: "member",
+    pb.ACCOUNT_KIND_POOL: "pool",
+    pb.ACCOUNT_KIND_SYSTEM: "system",
+}
+account_statuses: Mapping[pb.AccountStatus.ValueType, str] = {
+    pb.ACCOUNT_STATUS_OPEN: "open",
+    pb.ACCOUNT_STATUS_FROZEN: "frozen",
+    pb.ACCOUNT_STATUS_CLOSED: "closed",
+}
+transfer_kinds: Mapping[pb.TransferKind.ValueType, str] = {
+    pb.TRANSFER_KIND_IMMEDIATE: "immediate",
+    pb.TRANSFER_KIND_PENDING: "pending",
+    pb.TRANSFER_KIND_REVERSAL: "reversal",
+}
+transfer_statuses: Mapping[pb.TransferStatus.ValueType, str] = {
+    pb.TRANSFER_STATUS_POSTED: "posted",
+    pb.TRANSFER_STATUS_PENDING: "pending",
+    pb.TRANSFER_STATUS_VOIDED: "voided",
+    pb.TRANSFER_STATUS_EXPIRED: "expired",
+}
+
+StatusRequest = pb.FreezeAccountRequest | pb.UnfreezeAccountRequest | pb.CloseAccountRequest
+
+# ---------------------------------------------------------------------------------------
+# Requests to commands
+# ---------------------------------------------------------------------------------------
+
+
+def create_bank(request: pb.CreateBankRequest) -> CreateBank:
+    return CreateBank(bank_id=request.bank_id, name=request.name, actor=request.actor)
+
+
+def open_account(request: pb.OpenAccountRequest) -> OpenAccount:
+    return OpenAccount(
+        account_id=request.account_id,
+        kind=_enum_from_proto("kind", request.kind, account_kinds, "INVALID_ACCOUNT_KIND"),
+        lower_limit_minutes=request.lower_limit_minutes,
+        upper_limit_minutes=(
+            request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
+        ),
+        actor=request.actor,
+    )
+
+
+def change_limits(request: pb.ChangeAccountLimitsRequest) -> ChangeLimits:
+    return ChangeLimits(
+        request_id=request.request_id,
+        account_id=request.account_id,
+        lower_limit_minutes=request.lower_limit_minutes,
+        upper_limit_minutes=(
+            request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
+        ),
+        reason=request.reason,
+        actor=request.actor,
+    )
+
+
+def change_status(request: StatusRequest, action: str) -> ChangeStatus:
+    return ChangeStatus(
+        request_id=request.request_id,
+        account_id=request.account_id,
+        action=action,
+        reason=request.reason,
+        actor=request.actor,
+    )
+
+
+def create_transfer(request: pb.CreateTransferRequest | pb.NewTransfer) -> CreateTransfer:
+    return CreateTransfer(
+        transfer_id=request.transfer_id,
+        payer_account_id=request.payer_account_id,
+        payee_account_id=request.payee_account_id,
+        amount_minutes=request.amount_minutes,
+        memo=request.memo,
+        category=request.category,
+        service_date=request.service_date,
+        pending=request.pending,
+        timeout_seconds=request.timeout_seconds,
+        actor=request.actor,
+    )
+
+
+def create_transfers(request: pb.CreateTransfersRequest) -> CreateTransfers:
+    return CreateTransfers(
+        items=tuple(create_transfer(item) for item in request.transfers), linked=request.linked
+    )
+
+
+def post_pending(request: pb.PostPendingTransferRequest) -> PostPending:
+    return PostPending(
+        request_id=request.request_id,
+        transfer_id=request.transfer_id,
+        amount_minutes=request.amount_minutes if request.HasField("amount_minutes") else None,
+        actor=request.actor,
+    )
+
+
+def void_pending(request: pb.VoidPendingTransferRequest) -> VoidPending:
+    return VoidPending(
+        request_id=request.request_id,
+        transfer_id=request.transfer_id,
+        reason=request.reason,
+        actor=request.actor,
+    )
+
+
+def reverse_transfer(request: pb.ReverseTransferRequest) -> ReverseTransfer:
+    return ReverseTransfer(
+        transfer_id=request.transfer_id,
+        reverses_transfer_id=request.reverses_transfer_id,
+        reason=request.reason,
+        actor=request.actor,
+    )
+
+
+def _enum_from_proto(field: str, number: int, names: Mapping[Enum, str], reason: str) -> str:
+    if number == 0:
+        raise InvalidInput("FIELD_REQUIRED", f"{field} is required", field=field)
+    for known, name in names.items():
+        if known == number:
+            return name
+    raise InvalidInput(reason, f"{field} {number} is not a known value", field=field)
+
+
+# ---------------------------------------------------------------------------------------
+# Views to messages
+# ---------------------------------------------------------------------------------------
+
+
+def bank(view: BankView) -> pb.Bank:
+    return pb.Bank(
+        bank_id=view.bank_id,
+        name=view.name,
+        created_at=timestamp(view.created_at),
+        position=view.position,
+        chain_head=view.chain_head,
+        account_count=view.account_count,
+        transfer_count=view.transfer_count,
+    )
+
+
+def account(view: AccountView) -> pb.Account:
+    message = pb.Account(
+        account_id=view.account_id,
+        kind=_enum_to_proto(view.kind, account_kinds),
+        status=_enum_to_proto(view.status, account_statuses),
+        lower_limit_minutes=view.lower_limit_minutes,
+        balance_minutes=view.balance_minutes,
+        pending_debit_minutes=view.pending_debit_minutes,
+        pending_credit_minutes=view.pending_credit_minutes,
+        available_minutes=view.available_minutes,
+        opened_at=timestamp(view.opened_at),
+        updated_at=timestamp(view.updated_at),
+        position=view.position,
+    )
+    if view.upper_limit_minutes is not None:
+        message.upper_limit_minutes = view.upper_limit_minutes
+    return message
+
+
+def transfer(view: TransferView) -> pb.Transfer:
+    message = pb.Transfer(
+        transfer_id=view.transfer_id,
+        kind=_enum_to_proto(view.kind, transfer_kinds),
+        status=_enum_to_proto(view.status, transfer_statuses),
+        payer_account_id=view.payer_account_id,
+        payee_account_id=view.payee_account_id,
+        amount_minutes=view.amount_minutes,
+        posted_amount_minutes=view.posted_amount_minutes,
+        memo=view.memo,
+        category=view.category,
+        service_date=view.service_date,
+        created_at=timestamp(view.created_at),
+        reverses_transfer_id=view.reverses_transfer_id,
+        reversed_by_transfer_id=view.reversed_by_transfer_id,
+        reason=view.reason,
+        actor=view.actor,
+        created_position=view.created_position,
+        position=view.position,
+    )
+    if view.deadline is not None:
+        message.deadline.CopyFrom(timestamp(view.deadline))
+    if view.resolved_at is not None:
+        message.resolved_at.CopyFrom(timestamp(view.resolved_at))
+    return message
+
+
+def transfer_results(results: Sequence[BatchItemResult]) -> list[pb.TransferResult]:
+    return [_transfer_result(result) for result in results]
+
+
+def _transfer_result(result: BatchItemResult) -> pb.TransferResult:
+    if result.error is not None:
+        return pb.TransferResult(error=transfer_error(result.error))
+    assert result.transfer is not None, "a batch item has either a transfer or an error"
+    return pb.TransferResult(transfer=transfer(result.transfer))
+
+
+def transfer_error(error: DomainError) -> pb.TransferError:
+    return pb.TransferError(
+        code=errors.code_number(errors.status_code(error)),
+        reason=error.reason,
+        message=error.message,
+        field=error.field or "",
+        metadata=error.metadata,
+    )
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    assert moment.tzinfo is not None, f"naive datetime {moment!r}: the ledger keeps UTC times"
+    message = Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def _enum_to_proto(name: str, names: Mapping[Enum, str]) -> Enum:
+    for number, known in names.items():
+        if known == name:
+            return number
+    raise AssertionError(f"{name!r} has no protobuf enum value")

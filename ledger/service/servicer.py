@@ -1,0 +1,246 @@
+"""LedgerService over gRPC: translate the request, call the Ledger, translate the result.
+
+No rule of the ledger lives here. Every method runs inside `rpc`, which checks the request's
+bank id, binds the call's ids to the log lines, and turns refusals into statuses (errors.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import grpc
+
+from ledger import logs
+from ledger.application.ledger import Ledger
+from ledger.domain.commands import BankCommand, check_id
+from ledger.domain.errors import DomainError
+from ledger.domain.views import AccountView, BatchItemResult, TransferView
+from ledger.service import convert, errors
+from timebank.ledger.v1 import ledger_pb2 as pb
+from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# Request fields bound to every log line of a call, when the request has them.
+_logged_ids = ("bank_id", "request_id", "account_id", "transfer_id")
+
+
+class BankRequest(Protocol):
+    """Every request names its bank."""
+
+    @property
+    def bank_id(self) -> str: ...
+
+
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request", bound=BankRequest)
+Response = TypeVar("Response")
+Method = Callable[[Servicer, Request, grpc.ServicerContext], Response]
+
+
+def rpc(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request, Response]:
+    """Runs a servicer method: checks bank_id, logs the outcome, maps errors to statuses."""
+
+    @functools.wraps(method)
+    def call(self: Servicer, request: Request, context: grpc.ServicerContext) -> Response:
+        ids = {name: getattr(request, name, "") for name in _logged_ids}
+        with logs.bound(rpc=method.__name__, **{k: v for k, v in ids.items() if v}):
+            started = time.monotonic()
+            try:
+                check_id("bank_id", request.bank_id)
+                response = method(self, request, context)
+            except DomainError as error:
+                code = errors.status_code(error)
+                logs.event(
+                    log,
+                    "rpc_refused",
+                    code=code.name,
+                    reason=error.reason,
+                    field=error.field,
+                    duration_ms=_ms_since(started),
+                )
+                context.abort_with_status(errors.to_status(error))
+            except Exception:
+                logs.event(
+                    log,
+                    "rpc_failed",
+                    level=logging.ERROR,
+                    exc_info=True,
+                    duration_ms=_ms_since(started),
+                )
+                context.abort_with_status(errors.internal_status())
+            logs.event(log, "rpc_ok", level=logging.DEBUG, duration_ms=_ms_since(started))
+            return response
+
+    return call
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+class LedgerServicer(pb_grpc.LedgerServiceServicer):
+    """The gRPC face of a Ledger."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    # Banks
+
+    @rpc
+    def CreateBank(
+        self, request: pb.CreateBankRequest, context: grpc.ServicerContext
+    ) -> pb.CreateBankResponse:
+        view = self._ledger.create_bank(convert.create_bank(request))
+        return pb.CreateBankResponse(bank=convert.bank(view), position=view.position)
+
+    @rpc
+    def GetBank(
+        self, request: pb.GetBankRequest, context: grpc.ServicerContext
+    ) -> pb.GetBankResponse:
+        view = self._ledger.get_bank(request.bank_id)
+        return pb.GetBankResponse(bank=convert.bank(view))
+
+    # Accounts
+
+    @rpc
+    def OpenAccount(
+        self, request: pb.OpenAccountRequest, context: grpc.ServicerContext
+    ) -> pb.OpenAccountResponse:
+        view = self._account(request.bank_id, convert.open_account(request))
+        return pb.OpenAccountResponse(account=convert.account(view), position=view.position)
+
+    @rpc
+    def GetAccount(
+        self, request: pb.GetAccountRequest, context: grpc.ServicerContext
+    ) -> pb.GetAccountResponse:
+        view = self._ledger.get_account(request.bank_id, request.account_id)
+        return pb.GetAccountResponse(account=convert.account(view))
+
+    @rpc
+    def ListAccounts(
+        self, request: pb.ListAccountsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAccountsResponse:
+        views, next_page_token = self._ledger.list_accounts(
+            request.bank_id, request.page_size, request.page_token
+        )
+        return pb.ListAccountsResponse(
+            accounts=[convert.account(view) for view in views], next_page_token=next_page_token
+        )
+
+    @rpc
+    def ChangeAccountLimits(
+        self, request: pb.ChangeAccountLimitsRequest, context: grpc.ServicerContext
+    ) -> pb.ChangeAccountLimitsResponse:
+        view = self._account(request.bank_id, convert.change_limits(request))
+        return pb.ChangeAccountLimitsResponse(
+            account=convert.account(view), position=view.position
+        )
+
+    @rpc
+    def FreezeAccount(
+        self, request: pb.FreezeAccountRequest, context: grpc.ServicerContext
+    ) -> pb.FreezeAccountResponse:
+        view = self._account(request.bank_id, convert.change_status(request, "freeze"))
+        return pb.FreezeAccountResponse(account=convert.account(view), position=view.position)
+
+    @rpc
+    def UnfreezeAccount(
+        self, request: pb.UnfreezeAccountRequest, context: grpc.ServicerContext
+    ) -> pb.UnfreezeAccountResponse:
+        view = self._account(request.bank_id, convert.change_status(request, "unfreeze"))
+        return pb.UnfreezeAccountResponse(account=convert.account(view), position=view.position)
+
+    @rpc
+    def CloseAccount(
+        self, request: pb.CloseAccountRequest, context: grpc.ServicerContext
+    ) -> pb.CloseAccountResponse:
+        view = self._account(request.bank_id, convert.change_status(request, "close"))
+        return pb.CloseAccountResponse(account=convert.account(view), position=view.position)
+
+    # Transfers
+
+    @rpc
+    def CreateTransfer(
+        self, request: pb.CreateTransferRequest, context: grpc.ServicerContext
+    ) -> pb.CreateTransferResponse:
+        view = self._transfer(request.bank_id, convert.create_transfer(request))
+        return pb.CreateTransferResponse(
+            transfer=convert.transfer(view), position=view.created_position
+        )
+
+    @rpc
+    def CreateTransfers(
+        self, request: pb.CreateTransfersRequest, context: grpc.ServicerContext
+    ) -> pb.CreateTransfersResponse:
+        results = self._batch(request.bank_id, convert.create_transfers(request))
+        positions = [result.transfer.created_position for result in results if result.transfer]
+        return pb.CreateTransfersResponse(
+            results=convert.transfer_results(results), position=max(positions, default=0)
+        )
+
+    @rpc
+    def PostPendingTransfer(
+        self, request: pb.PostPendingTransferRequest, context: grpc.ServicerContext
+    ) -> pb.PostPendingTransferResponse:
+        view = self._transfer(request.bank_id, convert.post_pending(request))
+        return pb.PostPendingTransferResponse(
+            transfer=convert.transfer(view), position=view.position
+        )
+
+    @rpc
+    def VoidPendingTransfer(
+        self, request: pb.VoidPendingTransferRequest, context: grpc.ServicerContext
+    ) -> pb.VoidPendingTransferResponse:
+        view = self._transfer(request.bank_id, convert.void_pending(request))
+        return pb.VoidPendingTransferResponse(
+            transfer=convert.transfer(view), position=view.position
+        )
+
+    @rpc
+    def ReverseTransfer(
+        self, request: pb.ReverseTransferRequest, context: grpc.ServicerContext
+    ) -> pb.ReverseTransferResponse:
+        view = self._transfer(request.bank_id, convert.reverse_transfer(request))
+        return pb.ReverseTransferResponse(
+            transfer=convert.transfer(view), position=view.created_position
+        )
+
+    @rpc
+    def GetTransfer(
+        self, request: pb.GetTransferRequest, context: grpc.ServicerContext
+    ) -> pb.GetTransferResponse:
+        view = self._ledger.get_transfer(request.bank_id, request.transfer_id)
+        return pb.GetTransferResponse(transfer=convert.transfer(view))
+
+    @rpc
+    def ListAccountTransfers(
+        self, request: pb.ListAccountTransfersRequest, context: grpc.ServicerContext
+    ) -> pb.ListAccountTransfersResponse:
+        views, next_page_token = self._ledger.list_account_transfers(
+            request.bank_id, request.account_id, request.page_size, request.page_token
+        )
+        return pb.ListAccountTransfersResponse(
+            transfers=[convert.transfer(view) for view in views], next_page_token=next_page_token
+        )
+
+    # The Ledger returns one of three result types; each command has exactly one.
+
+    def _account(self, bank_id: str, command: BankCommand) -> AccountView:
+        result = self._ledger.execute(bank_id, command)
+        assert isinstance(result, AccountView), f"{type(command).__name__} gave {result!r}"
+        return result
+
+    def _transfer(self, bank_id: str, command: BankCommand) -> TransferView:
+        result = self._ledger.execute(bank_id, command)
+        assert isinstance(result, TransferView), f"{type(command).__name__} gave {result!r}"
+        return result
+
+    def _batch(self, bank_id: str, command: BankCommand) -> list[BatchItemResult]:
+        result = self._ledger.execute(bank_id, command)
+        assert isinstance(result, list), f"{type(command).__name__} gave {result!r}"
+        return result
