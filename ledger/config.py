@@ -14,7 +14,7 @@ class ConfigError(ValueError):
     """A LEDGER_* setting has a value the service cannot use."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     # sqlite:///relative/path, sqlite:////absolute/path, postgresql://user:pw@host:port/db?schema=s,
     # or memory:// (nothing kept; for tests).
@@ -77,7 +77,9 @@ def eventsourcing_env(database_url: str) -> dict[str, str]:
         # sqlite:///name.sqlite3 is relative to the working directory; sqlite:////abs is absolute.
         path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
         if not path:
-            raise ConfigError("sqlite URL needs a file path, e.g. sqlite:///timebank-ledger.sqlite3")
+            raise ConfigError(
+                "sqlite URL needs a file path, e.g. sqlite:///timebank-ledger.sqlite3"
+            )
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
     if url.scheme in ("postgresql", "postgres"):
         dbname = unquote(url.path.lstrip("/"))

@@ -18,9 +18,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TextIO
 
-_bound_fields: ContextVar[Mapping[str, object]] = ContextVar("log_bound_fields", default={})
+_bound_fields: ContextVar[Mapping[str, object]] = ContextVar(
+    "log_bound_fields", default=MappingProxyType({})
+)
 
 # Attributes every LogRecord has; anything else passed as `extra` is a field of the event.
 _record_attributes = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -1,4 +1,4 @@
-"""The Ledger facade: what entrypoints call. Finds (or loads) each bank's writer and reads its state."""
+"""The Ledger facade that entrypoints call: finds or loads each bank's writer, reads its state."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class Ledger:
 
         def page(bank: Bank) -> tuple[list[TransferView], str]:
             ids = bank.account(account_id).transfer_ids
-            # The token is the count of (oldest) entries still to show; ids only ever grow at the end.
+            # The token counts the (oldest) entries still to show; ids only grow at the end.
             end = pages.decode_token("t", page_token, len(ids))
             end = len(ids) if end is None else end
             start = max(0, end - size)

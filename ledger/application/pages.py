@@ -25,7 +25,9 @@ def decode_token(kind: str, token: str, position_max: int) -> int | None:
     """The position a token points at, or None for the first page."""
     if not token:
         return None
-    bad = InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this list returned", field="page_token")
+    bad = InvalidInput(
+        "INVALID_PAGE_TOKEN", "page_token is not one this list returned", field="page_token"
+    )
     if len(token) > 64:
         raise bad
     try:

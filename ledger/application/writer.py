@@ -9,6 +9,7 @@ reloads the bank from the store and every caller in that batch gets a retryable 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -64,7 +65,9 @@ class BankWriter:
     def submit(self, command: BankCommand) -> Result:
         """Queue a validated command and wait until it is committed (or refused)."""
         if self._stopping.is_set():
-            raise Unavailable("WRITER_STOPPED", "the ledger is shutting down; retry with the same id")
+            raise Unavailable(
+                "WRITER_STOPPED", "the ledger is shutting down; retry with the same id"
+            )
         job = _Job(command)
         try:
             self._queue.put_nowait(job)
@@ -87,12 +90,12 @@ class BankWriter:
 
     def close(self) -> None:
         self._stopping.set()
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=1.0)
-        except queue.Full:
-            pass
         self._thread.join(timeout=self._settings.writer_timeout_seconds)
-        self._fail_waiting(Unavailable("WRITER_STOPPED", "the ledger is shutting down; retry with the same id"))
+        self._fail_waiting(
+            Unavailable("WRITER_STOPPED", "the ledger is shutting down; retry with the same id")
+        )
 
     # ----------------------------------------------------------------- the writer thread
 
@@ -138,17 +141,24 @@ class BankWriter:
             except IntegrityError:
                 self._bank = None  # another writer committed first; reload before the next batch
                 log.warning("writer_conflict bank=%s", self._bank_uuid)
-                self._fail(jobs, WriteConflict(
-                    "WRITE_CONFLICT",
-                    "another writer changed this bank at the same time; retry with the same id",
-                ))
+                self._fail(
+                    jobs,
+                    WriteConflict(
+                        "WRITE_CONFLICT",
+                        "another writer changed this bank at the same time; retry with the same id",
+                    ),
+                )
                 return
             except Exception:
                 self._bank = None  # state may hold events that were never committed
                 log.exception("writer_commit_failed bank=%s", self._bank_uuid)
-                self._fail(jobs, Unavailable(
-                    "COMMIT_FAILED", "the ledger could not commit this write; retry with the same id"
-                ))
+                self._fail(
+                    jobs,
+                    Unavailable(
+                        "COMMIT_FAILED",
+                        "the ledger could not commit this write; retry with the same id",
+                    ),
+                )
                 return
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, DomainError):

@@ -95,6 +95,7 @@ class Bank(Aggregate):
             # The created event (aggregate is None) follows the genesis hash.
             _check_chain(self, chain.GENESIS_HASH if aggregate is None else aggregate.chain_head)
             mutated = super().mutate(aggregate)
+            assert mutated is not None
             mutated.chain_head = self.chain_hash
             return mutated
 
@@ -124,23 +125,37 @@ class Bank(Aggregate):
         chain_hash = chain.next_hash(chain.GENESIS_HASH, str(uuid), 1, "Created", now, fields)
         return cls._create(cls.Created, id=uuid, timestamp=now, chain_hash=chain_hash, **fields)
 
-    def _record(self, event_class: type[Aggregate.Event], now: datetime, **fields: Any) -> None:
+    def _record(self, event_class: type[Bank.Event], now: datetime, **fields: Any) -> None:
         # Timestamps never go backwards within a bank, even if the wall clock does.
         timestamp = max(now, self.modified_on)
         version = self.version + 1
         chain_hash = chain.next_hash(
             self.chain_head, str(self.id), version, event_class.__name__, timestamp, fields
         )
-        self.trigger_event(event_class, timestamp=timestamp, chain_hash=chain_hash, **fields)
+        # eventsourcing's metaclass makes each event a dataclass; mypy cannot see its __init__.
+        event = event_class(  # type: ignore[call-arg]
+            originator_id=self.id,
+            originator_version=version,
+            timestamp=timestamp,
+            chain_hash=chain_hash,
+            **fields,
+        )
+        # Apply directly rather than through mutate(): the hash was just computed from these
+        # very fields, so re-verifying it (as replay does) would only double the cost.
+        event.apply(self)
+        self.version = version
+        self.modified_on = timestamp
+        self.chain_head = chain_hash
+        self.pending_events.append(event)
 
     # ----------------------------------------------------------------- dispatch
 
-    def execute(self, command: BankCommand, now: datetime) -> AccountView | TransferView | list[BatchItemResult]:
+    def execute(
+        self, command: BankCommand, now: datetime
+    ) -> AccountView | TransferView | list[BatchItemResult]:
         """Run one validated command at time `now`: first expire what is due, then the command."""
         self.expire_due(now)
-        handler = cast(
-            Callable[[Bank, Any, datetime], Any], _HANDLERS[type(command)]
-        )
+        handler = cast(Callable[[Bank, Any, datetime], Any], _HANDLERS[type(command)])
         return cast(AccountView | TransferView | list[BatchItemResult], handler(self, command, now))
 
     # ----------------------------------------------------------------- reads
@@ -263,7 +278,9 @@ class Bank(Aggregate):
         self._check_not_closed(account)
         new_status = {"freeze": "frozen", "unfreeze": "open", "close": "closed"}[command.action]
         if command.action == "freeze" and account.status != "open":
-            raise self._status_error("ACCOUNT_NOT_OPEN", account, "only an open account can be frozen")
+            raise self._status_error(
+                "ACCOUNT_NOT_OPEN", account, "only an open account can be frozen"
+            )
         if command.action == "unfreeze" and account.status != "frozen":
             raise self._status_error("ACCOUNT_NOT_FROZEN", account, "the account is not frozen")
         if command.action == "close":
@@ -308,7 +325,9 @@ class Bank(Aggregate):
             )
         if account.pending_debit_minutes or account.pending_credit_minutes:
             raise self._status_error(
-                "ACCOUNT_HAS_PENDING", account, "the account has pending transfers; post or void them first"
+                "ACCOUNT_HAS_PENDING",
+                account,
+                "the account has pending transfers; post or void them first",
             )
 
     @staticmethod
@@ -338,12 +357,15 @@ class Bank(Aggregate):
         results = []
         for item in command.items:
             try:
+                item.validate()
                 results.append(BatchItemResult(self.create_transfer(item, now), None))
             except DomainError as error:
                 results.append(BatchItemResult(None, error))
         return results
 
-    def _create_linked(self, items: tuple[CreateTransfer, ...], now: datetime) -> list[BatchItemResult]:
+    def _create_linked(
+        self, items: tuple[CreateTransfer, ...], now: datetime
+    ) -> list[BatchItemResult]:
         """All or nothing: check every item against the balances the earlier items leave."""
         overlay = LimitOverlay()
         existing: list[TransferView | None] = []
@@ -354,9 +376,10 @@ class Bank(Aggregate):
                     raise InvalidInput(
                         "DUPLICATE_ID_IN_BATCH",
                         f"transfer_id {item.transfer_id!r} appears twice in this linked batch",
-                        field=f"transfers[{index}].transfer_id",
+                        field="transfer_id",
                     )
                 seen.add(item.transfer_id)
+                item.validate()
                 found = self._existing_transfer(item)
                 if found is None:
                     self._check_transfer(item, overlay)
@@ -407,7 +430,13 @@ class Bank(Aggregate):
             if command.pending and command.timeout_seconds
             else None
         )
-        self._record(Bank.TransferCreated, now, deadline=_iso(deadline), **command.content(), actor=command.actor)
+        self._record(
+            Bank.TransferCreated,
+            now,
+            deadline=_iso(deadline),
+            **command.content(),
+            actor=command.actor,
+        )
         return self.transfers[command.transfer_id].view()
 
     class TransferCreated(Event):
@@ -472,7 +501,9 @@ class Bank(Aggregate):
         self._check_pending(transfer)
         for account_id in (transfer.payer_account_id, transfer.payee_account_id):
             self._check_open(self.accounts[account_id])
-        amount = transfer.amount_minutes if command.amount_minutes is None else command.amount_minutes
+        amount = (
+            transfer.amount_minutes if command.amount_minutes is None else command.amount_minutes
+        )
         if amount > transfer.amount_minutes:
             raise PreconditionFailed(
                 "POST_AMOUNT_EXCEEDS_PENDING",
@@ -499,7 +530,9 @@ class Bank(Aggregate):
         actor: str
 
         def apply(self, bank: Bank) -> None:
-            transfer = bank.release_hold(self.transfer_id, "posted", self.timestamp, self.originator_version)
+            transfer = bank.release_hold(
+                self.transfer_id, "posted", self.timestamp, self.originator_version
+            )
             transfer.posted_amount_minutes = self.posted_amount_minutes
             bank.accounts[transfer.payer_account_id].balance_minutes -= self.posted_amount_minutes
             bank.accounts[transfer.payee_account_id].balance_minutes += self.posted_amount_minutes
@@ -553,7 +586,9 @@ class Bank(Aggregate):
         def apply(self, bank: Bank) -> None:
             bank.release_hold(self.transfer_id, "expired", self.timestamp, self.originator_version)
 
-    def release_hold(self, transfer_id: str, status: str, timestamp: datetime, position: int) -> TransferState:
+    def release_hold(
+        self, transfer_id: str, status: str, timestamp: datetime, position: int
+    ) -> TransferState:
         """Resolve a pending transfer: drop its holds on both accounts (used by apply only)."""
         transfer = self.transfers[transfer_id]
         assert transfer.status == "pending", f"{transfer_id} resolved twice"
@@ -624,13 +659,13 @@ class Bank(Aggregate):
         if original.status != "posted":
             raise PreconditionFailed(
                 "TRANSFER_NOT_POSTED",
-                f"transfer {original.transfer_id!r} is {original.status}; only posted transfers can be reversed",
+                f"transfer {original.transfer_id!r} is {original.status}, not posted",
                 metadata=metadata,
             )
         if original.reversed_by_transfer_id:
             raise PreconditionFailed(
                 "TRANSFER_ALREADY_REVERSED",
-                f"transfer {original.transfer_id!r} was already reversed by {original.reversed_by_transfer_id!r}",
+                f"transfer {original.transfer_id!r} was already reversed",
                 metadata={**metadata, "reversed_by_transfer_id": original.reversed_by_transfer_id},
             )
 
@@ -671,7 +706,9 @@ class Bank(Aggregate):
 
     # ----------------------------------------------------------------- idempotency
 
-    def _earlier_request(self, command: ChangeLimits | ChangeStatus | PostPending | VoidPending) -> Command | None:
+    def _earlier_request(
+        self, command: ChangeLimits | ChangeStatus | PostPending | VoidPending
+    ) -> Command | None:
         earlier = self.requests.get(command.request_id)
         if earlier is not None:
             self._raise_if_conflict(command, earlier)

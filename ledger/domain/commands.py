@@ -30,7 +30,8 @@ def check_id(field: str, value: str) -> None:
     if not _id_re.match(value):
         raise InvalidInput(
             "INVALID_ID",
-            f"{field} may hold only letters, digits and . _ : - and must start with a letter or digit",
+            f"{field} may hold only letters, digits and . _ : - and must start with a letter"
+            " or digit",
             field=field,
         )
 
@@ -43,9 +44,7 @@ def check_text(field: str, value: str, length_max: int, *, required: bool = Fals
             "FIELD_TOO_LONG", f"{field} is longer than {length_max} characters", field=field
         )
     if any(ord(c) < 32 and c not in "\t\n" for c in value):
-        raise InvalidInput(
-            "INVALID_CHARACTERS", f"{field} holds control characters", field=field
-        )
+        raise InvalidInput("INVALID_CHARACTERS", f"{field} holds control characters", field=field)
 
 
 def check_amount(field: str, amount_minutes: int) -> None:
@@ -174,7 +173,9 @@ class ChangeStatus(Command):
         check_id("account_id", self.account_id)
         if self.action not in STATUS_ACTIONS:
             raise InvalidInput(
-                "INVALID_ACTION", f"action must be one of {', '.join(STATUS_ACTIONS)}", field="action"
+                "INVALID_ACTION",
+                f"action must be one of {', '.join(STATUS_ACTIONS)}",
+                field="action",
             )
         check_text("reason", self.reason, limits.reason_length_max)
         check_text("actor", self.actor, limits.actor_length_max)
@@ -202,7 +203,9 @@ class CreateTransfer(Command):
         check_id("payee_account_id", self.payee_account_id)
         if self.payer_account_id == self.payee_account_id:
             raise InvalidInput(
-                "SAME_ACCOUNT", "payer and payee must be different accounts", field="payee_account_id"
+                "SAME_ACCOUNT",
+                "payer and payee must be different accounts",
+                field="payee_account_id",
             )
         check_amount("amount_minutes", self.amount_minutes)
         check_text("memo", self.memo, limits.memo_length_max)
@@ -213,11 +216,15 @@ class CreateTransfer(Command):
                 date.fromisoformat(self.service_date)
             except ValueError:
                 raise InvalidInput(
-                    "INVALID_DATE", "service_date must be a date as YYYY-MM-DD", field="service_date"
+                    "INVALID_DATE",
+                    "service_date must be a date as YYYY-MM-DD",
+                    field="service_date",
                 ) from None
             if len(self.service_date) != 10:
                 raise InvalidInput(
-                    "INVALID_DATE", "service_date must be a date as YYYY-MM-DD", field="service_date"
+                    "INVALID_DATE",
+                    "service_date must be a date as YYYY-MM-DD",
+                    field="service_date",
                 )
         if not self.pending and self.timeout_seconds:
             raise InvalidInput(
@@ -242,7 +249,9 @@ class CreateTransfers(Command):
 
     def validate(self) -> None:
         if not self.items:
-            raise InvalidInput("BATCH_EMPTY", "a batch needs at least one transfer", field="transfers")
+            raise InvalidInput(
+                "BATCH_EMPTY", "a batch needs at least one transfer", field="transfers"
+            )
         if len(self.items) > limits.transfers_per_batch_max:
             raise InvalidInput(
                 "BATCH_TOO_LARGE",
@@ -302,4 +311,13 @@ class ReverseTransfer(Command):
         check_text("actor", self.actor, limits.actor_length_max)
 
 
-BankCommand = OpenAccount | ChangeLimits | ChangeStatus | CreateTransfer | CreateTransfers | PostPending | VoidPending | ReverseTransfer
+BankCommand = (
+    OpenAccount
+    | ChangeLimits
+    | ChangeStatus
+    | CreateTransfer
+    | CreateTransfers
+    | PostPending
+    | VoidPending
+    | ReverseTransfer
+)

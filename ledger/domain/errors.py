@@ -58,7 +58,7 @@ class WriteConflict(DomainError):
 
 
 class Unavailable(DomainError):
-    """The commit failed or the writer is not accepting work (UNAVAILABLE); retry with the same id."""
+    """The commit failed or the writer takes no work (UNAVAILABLE); retry with the same id."""
 
 
 class Overloaded(DomainError):

@@ -17,7 +17,9 @@ class LimitOverlay:
         self, payer: AccountState, payee: AccountState, amount_minutes: int, *, pending: bool
     ) -> None:
         """Refuse if the transfer would take either account past a limit; else add its effect."""
-        debit_exposure = payer.debit_exposure_minutes + self._debit_delta_minutes.get(payer.account_id, 0)
+        debit_exposure = payer.debit_exposure_minutes + self._debit_delta_minutes.get(
+            payer.account_id, 0
+        )
         if debit_exposure - amount_minutes < payer.lower_limit_minutes:
             available = max(0, debit_exposure - payer.lower_limit_minutes)
             raise PreconditionFailed(

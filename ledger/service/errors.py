@@ -67,9 +67,7 @@ def error_info(error: errors.DomainError) -> error_details_pb2.ErrorInfo:
     metadata = dict(error.metadata)
     if error.field:
         metadata["field"] = error.field
-    return error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=error_domain, metadata=metadata
-    )
+    return error_details_pb2.ErrorInfo(reason=error.reason, domain=error_domain, metadata=metadata)
 
 
 def _bad_request(error: errors.DomainError) -> error_details_pb2.BadRequest:
@@ -81,7 +79,11 @@ def _bad_request(error: errors.DomainError) -> error_details_pb2.BadRequest:
 
 def _precondition_failure(error: errors.DomainError) -> error_details_pb2.PreconditionFailure:
     subject = next(
-        (f"{collection}/{error.metadata[key]}" for key, collection in _subjects if key in error.metadata),
+        (
+            f"{collection}/{error.metadata[key]}"
+            for key, collection in _subjects
+            if key in error.metadata
+        ),
         "",
     )
     violation = error_details_pb2.PreconditionFailure.Violation(

@@ -4,6 +4,9 @@ No rule of the ledger lives here. Every method runs inside `rpc`, which checks t
 bank id, binds the call's ids to the log lines, and turns refusals into statuses (errors.py).
 """
 
+# Method names are the RPC names of the generated LedgerServiceServicer base class.
+# ruff: noqa: N802
+
 from __future__ import annotations
 
 import functools
@@ -137,9 +140,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         self, request: pb.ChangeAccountLimitsRequest, context: grpc.ServicerContext
     ) -> pb.ChangeAccountLimitsResponse:
         view = self._account(request.bank_id, convert.change_limits(request))
-        return pb.ChangeAccountLimitsResponse(
-            account=convert.account(view), position=view.position
-        )
+        return pb.ChangeAccountLimitsResponse(account=convert.account(view), position=view.position)
 
     @rpc
     def FreezeAccount(

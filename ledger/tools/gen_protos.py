@@ -13,12 +13,11 @@ import argparse
 import filecmp
 import importlib.resources
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-
-from grpc_tools import protoc
 
 repo_root = Path(__file__).resolve().parents[2]
 protos_dir = repo_root / "protos"
@@ -52,8 +51,12 @@ def generate(out_dir: Path) -> None:
         f"--mypy_grpc_out={out_dir}",
         *(str(protos_dir / name) for name in proto_files),
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed; see the messages above")
+    # In a child process: protoc's plugins chat on stderr, shown only if something fails.
+    result = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"protoc failed:\n{result.stdout}{result.stderr}")
 
 
 def generated_files(root: Path) -> set[Path]:

@@ -9,6 +9,10 @@ Every write carries a client-chosen id (`request_id`, `account_id`, `transfer_id
 same content returns the first result; the same id with different content fails with
 ALREADY_EXISTS and an ErrorInfo reason naming the first field that differs (AIP-155).
 
+Positions: a bank's events are numbered 1, 2, 3... in the order they were committed.
+A write response's `position` is the position of the event the call committed. A retry
+returns the resource as it is now, so for accounts and banks that position may be later.
+
 Errors use the standard status codes with google.rpc details (AIP-193): always an
 ErrorInfo (domain "timebank-ledger", UPPER_SNAKE reason), a BadRequest field violation
 for INVALID_ARGUMENT and a PreconditionFailure for FAILED_PRECONDITION. Field names in
@@ -422,7 +426,7 @@ class TransferError(_message.Message):
     message: _builtins.str
     """Human-readable explanation, in English."""
     field: _builtins.str
-    """The field of the item at fault (for example "amount_minutes"); empty if none."""
+    """The request field at fault (for example "amount_minutes"); empty if none."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra facts about the refusal (for example the account id), as in ErrorInfo."""
@@ -754,7 +758,7 @@ class ListAccountsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
-        """Accounts in account id order."""
+        """Accounts in the order they were opened."""
 
     def __init__(
         self,

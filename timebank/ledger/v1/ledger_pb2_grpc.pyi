@@ -9,6 +9,10 @@ Every write carries a client-chosen id (`request_id`, `account_id`, `transfer_id
 same content returns the first result; the same id with different content fails with
 ALREADY_EXISTS and an ErrorInfo reason naming the first field that differs (AIP-155).
 
+Positions: a bank's events are numbered 1, 2, 3... in the order they were committed.
+A write response's `position` is the position of the event the call committed. A retry
+returns the resource as it is now, so for accounts and banks that position may be later.
+
 Errors use the standard status codes with google.rpc details (AIP-193): always an
 ErrorInfo (domain "timebank-ledger", UPPER_SNAKE reason), a BadRequest field violation
 for INVALID_ARGUMENT and a PreconditionFailure for FAILED_PRECONDITION. Field names in
@@ -57,7 +61,7 @@ class LedgerServiceStub:
     GetAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]
     """Reads one account."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]
-    """Lists a bank's accounts in account id order (AIP-158)."""
+    """Lists a bank's accounts in the order they were opened (AIP-158)."""
     ChangeAccountLimits: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ChangeAccountLimitsRequest, _ledger_pb2.ChangeAccountLimitsResponse]
     """Changes an account's limits. History is never rewritten: a lower limit set below
     the current balance is accepted and only blocks further debits.
@@ -99,7 +103,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     GetAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]  # type: ignore[assignment]
     """Reads one account."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]  # type: ignore[assignment]
-    """Lists a bank's accounts in account id order (AIP-158)."""
+    """Lists a bank's accounts in the order they were opened (AIP-158)."""
     ChangeAccountLimits: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ChangeAccountLimitsRequest, _ledger_pb2.ChangeAccountLimitsResponse]  # type: ignore[assignment]
     """Changes an account's limits. History is never rewritten: a lower limit set below
     the current balance is accepted and only blocks further debits.
@@ -168,7 +172,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListAccountsResponse, _abc.Awaitable[_ledger_pb2.ListAccountsResponse]]:
-        """Lists a bank's accounts in account id order (AIP-158)."""
+        """Lists a bank's accounts in the order they were opened (AIP-158)."""
 
     @_abc_1.abstractmethod
     def ChangeAccountLimits(
