@@ -43,15 +43,20 @@ DURABLE_STORE_KINDS = STORE_KINDS[1:]
 
 
 class Clock:
-    """A UTC clock that stands still until a test sets or advances it; safe across threads."""
+    """A UTC clock that stands still until a test sets or advances it; safe across threads.
+
+    It counts how often it was read, so a test can wait until a writer has looked at it.
+    """
 
     def __init__(self, start: datetime = START) -> None:
         assert start.tzinfo is not None, "the ledger works in aware UTC datetimes"
         self._now = start
         self._lock = threading.Lock()
+        self.reads = 0
 
     def __call__(self) -> datetime:
         with self._lock:
+            self.reads += 1
             return self._now
 
     def set(self, moment: datetime) -> None:
@@ -78,7 +83,7 @@ def _postgres_unreachable() -> str:
         with psycopg.connect(postgres_url(), connect_timeout=POSTGRES_CONNECT_TIMEOUT_SECONDS):
             return ""
     except psycopg.Error as error:
-        return f"{type(error).__name__}: {error}".strip()
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _require_postgres() -> None:

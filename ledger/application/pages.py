@@ -35,7 +35,7 @@ def decode_token(kind: str, token: str, position_max: int) -> int | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise bad from None
     token_kind, _, number = text.partition(":")
-    if token_kind != kind or not number.isdigit():
+    if token_kind != kind or not (number.isascii() and number.isdigit()):
         raise bad
     position = int(number)
     if position > position_max:

@@ -27,7 +27,7 @@ def check_id(field: str, value: str) -> None:
             f"{field} is longer than {limits.id_length_max} characters",
             field=field,
         )
-    if not _id_re.match(value):
+    if not _id_re.fullmatch(value):
         raise InvalidInput(
             "INVALID_ID",
             f"{field} may hold only letters, digits and . _ : - and must start with a letter"

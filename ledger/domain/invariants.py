@@ -283,9 +283,8 @@ class Verifier:
         try:
             record = RecordedEvent.of(event)
         except MalformedEventError as error:
+            # Not counted as a version: if it was one, the next event shows the gap.
             self._report(self._position + 1, Reason.MALFORMED_EVENT, str(error))
-            self._position += 1
-            self._previous_hash = None
             return self._new
         if self._in_order(record):
             self._check_chain(record)
@@ -584,8 +583,13 @@ class Verifier:
     def _check_reversible(
         self, version: int, original: TransferTotals, f: Mapping[str, Any]
     ) -> None:
-        """Invariant 4 of reversals: only a posted non-reversal, at most once, exactly undone."""
+        """Reversals: only of a posted non-reversal, at most once, moving exactly what it moved."""
         reverses = f["reverses_transfer_id"]
+        undoes = (f["payer_account_id"], f["payee_account_id"], f["amount_minutes"]) == (
+            original.payee_account_id,
+            original.payer_account_id,
+            original.posted_amount_minutes,
+        )
         if original.kind == "reversal":
             self._report(version, Reason.REVERSAL_OF_REVERSAL, f"{reverses!r} is itself a reversal")
         elif original.status != "posted":
@@ -596,12 +600,7 @@ class Verifier:
                 Reason.REVERSED_TWICE,
                 f"{reverses!r} was already reversed by {original.reversed_by_transfer_id!r}",
             )
-        undoes = (f["payer_account_id"], f["payee_account_id"], f["amount_minutes"]) == (
-            original.payee_account_id,
-            original.payer_account_id,
-            original.posted_amount_minutes,
-        )
-        if not undoes:
+        elif not undoes:
             self._report(
                 version,
                 Reason.REVERSAL_MISMATCH,

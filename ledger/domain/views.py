@@ -38,8 +38,12 @@ class AccountView:
 
     @property
     def available_minutes(self) -> int:
-        """How many more minutes this account may pay now, given its lower limit and holds."""
-        return self.balance_minutes - self.pending_debit_minutes - self.lower_limit_minutes
+        """How many more minutes this account may pay now, given its lower limit and holds.
+
+        Never negative: after a limit was lowered below the balance, it is 0 until the
+        balance is back within the limit.
+        """
+        return max(0, self.balance_minutes - self.pending_debit_minutes - self.lower_limit_minutes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,7 +244,8 @@ class Account(_message.Message):
     """Minutes held by pending transfers this account receives."""
     available_minutes: _builtins.int
     """How many more minutes the account may pay now:
-    balance_minutes - pending_debit_minutes - lower_limit_minutes.
+    balance_minutes - pending_debit_minutes - lower_limit_minutes, or 0 if that is negative
+    (after the lower limit was raised above the balance).
     """
     position: _builtins.int
     """Position of the last event in the bank's history that changed this account."""

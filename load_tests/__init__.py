@@ -1,0 +1,25 @@
+"""Load tests for the ledger's write path: an open-loop generator, scenarios and baselines.
+
+Run everything (about 10 minutes; fresh PostgreSQL schema per server, dropped afterwards):
+
+    .venv/bin/python -m load_tests.run --json load_tests/results.json
+
+A one-minute smoke run, or a few seconds of one scenario:
+
+    .venv/bin/python -m load_tests.run --quick
+    .venv/bin/python -m load_tests.run --quick --scenarios batch --duration 2
+
+Modules:
+
+- `run`: the command line; finds each scenario's peak rate, reruns at half of it, prints the
+  table with the targets of issue 3 and writes JSON.
+- `generator`: the open-loop generator (grpc.aio, fixed arrival rate, bounded in-flight
+  calls) and the pool of generator processes that runs it.
+- `workload`: the scenarios: which requests, against which accounts, and the bank set-up.
+- `servers`: the ledger server and the echo server as subprocesses, fresh PostgreSQL
+  schemas, and CPU accounting from /proc.
+- `stats`: percentiles and the per-step summary.
+- `echo_server`: baseline (a), a bare gRPC unary echo server.
+- `profiling`: py-spy recording of the server and a summary of its hottest frames.
+- `machine`: what the machine is (CPU, memory, versions) for the report.
+"""

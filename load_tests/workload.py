@@ -1,0 +1,203 @@
+"""The scenarios: which calls a generator sends, against which accounts, and the bank set-up.
+
+Every call is serialized before the clock starts, so the generator spends its time sending,
+not building messages. Ids are unique per step and generator process (`id_prefix`), so no
+call is an idempotent retry of another.
+
+- uniform: CreateTransfer between two distinct members drawn at random;
+- hot: CreateTransfer between the pool account and a random member, the pool paying or
+  being paid with equal odds: every transfer touches the one hot account;
+- batch: CreateTransfers with `transfers_per_request` independent (not linked) uniform items;
+- mixed: `read_fraction` of calls read (half GetAccount, half ListAccountTransfers of a
+  random member), the rest are uniform CreateTransfer calls;
+- echo: the uniform scenario's request bytes sent to the echo server (baseline a).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+
+from load_tests import echo_server
+from timebank.ledger.v1 import ledger_pb2 as pb
+from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+Kind = Literal["uniform", "hot", "batch", "mixed", "echo"]
+
+# Members may owe and hold as much as the API allows: the load never hits a limit.
+lower_limit_minutes = -1_000_000_000_000
+pool_account_id = "pool"
+amount_minutes_max = 120
+setup_calls_in_flight_max = 64
+setup_call_timeout_seconds = 30.0
+
+_ledger_service = pb.DESCRIPTOR.services_by_name["LedgerService"].full_name
+
+
+def _ledger_path(method: str) -> str:
+    return f"/{_ledger_service}/{method}"
+
+
+# Operations by index; a generator keeps latencies per operation.
+op_names = ("CreateTransfer", "CreateTransfers", "GetAccount", "ListAccountTransfers", "Echo")
+op_paths = (*(_ledger_path(name) for name in op_names[:-1]), echo_server.method_path)
+OP_CREATE_TRANSFER, OP_CREATE_TRANSFERS, OP_GET_ACCOUNT, OP_LIST_TRANSFERS, OP_ECHO = range(5)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one scenario sends; picklable, so each generator process builds its own calls."""
+
+    kind: Kind
+    bank_id: str
+    member_count: int
+    transfers_per_request: int = 1
+    read_fraction: float = 0.0
+    page_size: int = 20
+
+    def __post_init__(self) -> None:
+        assert self.member_count >= 2, "transfers need two distinct members"
+        assert 1 <= self.transfers_per_request <= 1000, "the API takes 1 to 1,000 per request"
+        assert 0.0 <= self.read_fraction <= 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One serialized request: which operation, its bytes, and the transfers it asks for."""
+
+    op: int
+    payload: bytes
+    transfers: int
+
+
+def member_id(index: int) -> str:
+    return f"m{index:05d}"
+
+
+def build_calls(workload: Workload, count: int, id_prefix: str, seed: int) -> list[Call]:
+    """`count` calls of the scenario, deterministic for a seed; ids start with id_prefix."""
+    rng = random.Random(seed)
+    return [_call(workload, f"{id_prefix}-{index}", rng) for index in range(count)]
+
+
+def _call(workload: Workload, transfer_id: str, rng: random.Random) -> Call:
+    kind = workload.kind
+    if kind == "batch":
+        items = [
+            _new_transfer(workload, f"{transfer_id}-{item}", rng)
+            for item in range(workload.transfers_per_request)
+        ]
+        request = pb.CreateTransfersRequest(bank_id=workload.bank_id, transfers=items)
+        return Call(OP_CREATE_TRANSFERS, request.SerializeToString(), len(items))
+    if kind == "mixed" and rng.random() < workload.read_fraction:
+        return _read(workload, rng)
+    payer, payee = _pair(workload, rng)
+    transfer = pb.CreateTransferRequest(
+        bank_id=workload.bank_id,
+        transfer_id=transfer_id,
+        payer_account_id=payer,
+        payee_account_id=payee,
+        amount_minutes=rng.randint(1, amount_minutes_max),
+        memo="help with the shopping",
+        category="errands",
+        service_date="2025-05-17",
+        actor="load-test",
+    )
+    op = OP_ECHO if kind == "echo" else OP_CREATE_TRANSFER
+    return Call(op, transfer.SerializeToString(), 1)
+
+
+def _new_transfer(workload: Workload, transfer_id: str, rng: random.Random) -> pb.NewTransfer:
+    payer, payee = _pair(workload, rng)
+    return pb.NewTransfer(
+        transfer_id=transfer_id,
+        payer_account_id=payer,
+        payee_account_id=payee,
+        amount_minutes=rng.randint(1, amount_minutes_max),
+        memo="help with the shopping",
+        category="errands",
+        service_date="2025-05-17",
+        actor="load-test",
+    )
+
+
+def _pair(workload: Workload, rng: random.Random) -> tuple[str, str]:
+    if workload.kind == "hot":
+        member = member_id(rng.randrange(workload.member_count))
+        return (pool_account_id, member) if rng.random() < 0.5 else (member, pool_account_id)
+    payer, payee = rng.sample(range(workload.member_count), 2)
+    return member_id(payer), member_id(payee)
+
+
+def _read(workload: Workload, rng: random.Random) -> Call:
+    account_id = member_id(rng.randrange(workload.member_count))
+    if rng.random() < 0.5:
+        get = pb.GetAccountRequest(bank_id=workload.bank_id, account_id=account_id)
+        return Call(OP_GET_ACCOUNT, get.SerializeToString(), 0)
+    listing = pb.ListAccountTransfersRequest(
+        bank_id=workload.bank_id, account_id=account_id, page_size=workload.page_size
+    )
+    return Call(OP_LIST_TRANSFERS, listing.SerializeToString(), 0)
+
+
+def transfers_recorded(op: int, response: bytes, item_errors: Counter[str]) -> int:
+    """How many transfers an OK response recorded; refused batch items go to item_errors."""
+    if op == OP_CREATE_TRANSFER:
+        return 1
+    if op != OP_CREATE_TRANSFERS:
+        return 0
+    recorded = 0
+    for result in pb.CreateTransfersResponse.FromString(response).results:
+        if result.WhichOneof("result") == "transfer":
+            recorded += 1
+        else:
+            item_errors[result.error.reason] += 1
+    return recorded
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+async def prepare_bank(address: str, workload: Workload) -> None:
+    """Creates the scenario's bank, its members and the pool account (idempotent)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.LedgerServiceStub(channel)
+        await stub.CreateBank(
+            pb.CreateBankRequest(bank_id=workload.bank_id, name="Load test", actor="load-test"),
+            timeout=setup_call_timeout_seconds,
+        )
+        slots = asyncio.Semaphore(setup_calls_in_flight_max)
+
+        async def open_account(account_id: str, kind: pb.AccountKind.ValueType) -> None:
+            async with slots:
+                await stub.OpenAccount(
+                    pb.OpenAccountRequest(
+                        bank_id=workload.bank_id,
+                        account_id=account_id,
+                        kind=kind,
+                        lower_limit_minutes=lower_limit_minutes,
+                        actor="load-test",
+                    ),
+                    timeout=setup_call_timeout_seconds,
+                )
+
+        opening = [open_account(pool_account_id, pb.ACCOUNT_KIND_POOL)]
+        opening += [
+            open_account(member_id(index), pb.ACCOUNT_KIND_MEMBER)
+            for index in range(workload.member_count)
+        ]
+        await asyncio.gather(*opening)
+
+
+async def bank_transfer_count(address: str, bank_id: str) -> int:
+    """The number of transfers the bank has recorded, read back from the server."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await pb_grpc.LedgerServiceStub(channel).GetBank(
+            pb.GetBankRequest(bank_id=bank_id), timeout=setup_call_timeout_seconds
+        )
+        return response.bank.transfer_count

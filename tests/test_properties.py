@@ -1,0 +1,793 @@
+"""Random command sequences through the Ledger: views match a simple model; invariants hold."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from ledger.application.ledger import Ledger
+from ledger.config import Settings
+from ledger.domain.bank import Bank, bank_uuid
+from ledger.domain.commands import (
+    BankCommand,
+    ChangeLimits,
+    ChangeStatus,
+    Command,
+    CreateBank,
+    CreateTransfer,
+    CreateTransfers,
+    OpenAccount,
+    PostPending,
+    ReverseTransfer,
+    VoidPending,
+)
+from ledger.domain.errors import DomainError, IdConflict
+from ledger.domain.invariants import Verifier, verify
+from ledger.domain.views import AccountView, BatchItemResult, TransferView
+
+# Small id pools, so that random commands often meet what earlier ones created.
+BANK = "prop"
+ACCOUNT_IDS = tuple(f"a{i}" for i in range(5))
+TRANSFER_IDS = tuple(f"t{i}" for i in range(10))
+REQUEST_IDS = tuple(f"r{i}" for i in range(10))
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+# How often (in steps) the whole bank is replayed from the store and compared.
+replay_every_steps = 4
+
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+lower_limits = st.sampled_from((-300, -60, 0, -3000))
+upper_limits = st.sampled_from((None, 300, None, 60, 0))
+# Mostly valid amounts; a few that validation must refuse, many that exceed some limit.
+amounts = st.integers(min_value=-1, max_value=150)
+actors = st.sampled_from(("", "coordinator"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+# --------------------------------------------------------------------------- the reference model
+
+
+class Refused(Exception):
+    """The model's prediction that the ledger refuses a command, with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class ModelAccount:
+    opened_by: OpenAccount
+    lower: int
+    upper: int | None
+    status: str = "open"
+    balance: int = 0
+    pending_debit: int = 0
+    pending_credit: int = 0
+
+
+@dataclass
+class ModelTransfer:
+    created_by: CreateTransfer | ReverseTransfer
+    kind: str
+    status: str
+    payer: str
+    payee: str
+    amount: int
+    created_position: int
+    posted: int = 0
+    deadline: datetime | None = None
+    reversed_by: str = ""
+
+
+def conflict_reason(command: Command, earlier: Command) -> str | None:
+    """The spec's rule for a reused id: the first content field that differs, by name."""
+    if type(command) is not type(earlier):
+        return "EXISTS_WITH_DIFFERENT_KIND"
+    for f in dataclasses.fields(command):  # type: ignore[arg-type]
+        if f.name != "actor" and getattr(command, f.name) != getattr(earlier, f.name):
+            return f"EXISTS_WITH_DIFFERENT_{f.name.upper()}"
+    return None
+
+
+def validation_reason(command: BankCommand) -> str | None:
+    """The few malformed inputs the strategies make; every other field is always valid."""
+    if isinstance(command, CreateTransfer):
+        if command.payer_account_id == command.payee_account_id:
+            return "SAME_ACCOUNT"
+        if command.amount_minutes <= 0:
+            return "AMOUNT_NOT_POSITIVE"
+    if isinstance(command, PostPending) and command.amount_minutes is not None:
+        return "AMOUNT_NOT_POSITIVE" if command.amount_minutes <= 0 else None
+    if isinstance(command, ReverseTransfer) and command.transfer_id == command.reverses_transfer_id:
+        return "SAME_TRANSFER"
+    return None
+
+
+@dataclass
+class Model:
+    """What the ledger should hold, written from the spec as plainly as possible."""
+
+    now: datetime = T0
+    position: int = 1  # the bank's Created event
+    accounts: dict[str, ModelAccount] = field(default_factory=dict)
+    transfers: dict[str, ModelTransfer] = field(default_factory=dict)
+    requests: dict[str, Command] = field(default_factory=dict)
+    # Every command that was recorded, for retries.
+    recorded: list[BankCommand] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- dispatch
+
+    def apply(self, command: BankCommand) -> str | None:
+        """Predict one single command: None if it succeeds (and record it), else the reason."""
+        assert not isinstance(command, CreateTransfers)
+        reason = validation_reason(command)
+        if reason:
+            return reason
+        handlers: dict[type[Command], Callable[[Any], None]] = {
+            OpenAccount: self.open_account,
+            ChangeLimits: self.change_limits,
+            ChangeStatus: self.change_status,
+            CreateTransfer: self.create_transfer,
+            PostPending: self.post,
+            VoidPending: self.void,
+            ReverseTransfer: self.reverse,
+        }
+        try:
+            handlers[type(command)](command)
+        except Refused as refused:
+            return refused.reason
+        return None
+
+    def apply_batch(self, batch: CreateTransfers) -> list[str | None]:
+        if not batch.linked:
+            return [self.apply(item) for item in batch.items]
+        # Linked: run the items on a copy; keep the copy only if every item succeeds.
+        trial = copy.deepcopy(self)
+        seen: set[str] = set()
+        for index, item in enumerate(batch.items):
+            # An id twice in the batch is named first, then the item is checked like a single one.
+            reason = "DUPLICATE_ID_IN_BATCH" if item.transfer_id in seen else trial.apply(item)
+            seen.add(item.transfer_id)
+            if reason is not None:
+                return [
+                    reason if i == index else "LINKED_TRANSFER_FAILED"
+                    for i in range(len(batch.items))
+                ]
+        self.__dict__.update(trial.__dict__)
+        return [None] * len(batch.items)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _record(self, command: BankCommand) -> None:
+        self.position += 1
+        self.recorded.append(command)
+
+    def _earlier(self, command: Command, earlier: Command | None) -> bool:
+        """True if this is a retry of what was recorded; Refused if it conflicts."""
+        if earlier is None:
+            return False
+        reason = conflict_reason(command, earlier)
+        if reason:
+            raise Refused(reason)
+        return True
+
+    def _account(self, account_id: str) -> ModelAccount:
+        if account_id not in self.accounts:
+            raise Refused("ACCOUNT_NOT_FOUND")
+        return self.accounts[account_id]
+
+    def _transfer(self, transfer_id: str) -> ModelTransfer:
+        if transfer_id not in self.transfers:
+            raise Refused("TRANSFER_NOT_FOUND")
+        return self.transfers[transfer_id]
+
+    @staticmethod
+    def _check_open(account: ModelAccount) -> None:
+        if account.status != "open":
+            raise Refused("ACCOUNT_CLOSED" if account.status == "closed" else "ACCOUNT_FROZEN")
+
+    @staticmethod
+    def _check_limits(payer: ModelAccount, payee: ModelAccount, amount: int) -> None:
+        if payer.balance - payer.pending_debit - amount < payer.lower:
+            raise Refused("EXCEEDS_LOWER_LIMIT")
+        if payee.upper is not None and payee.balance + payee.pending_credit + amount > payee.upper:
+            raise Refused("EXCEEDS_UPPER_LIMIT")
+
+    def _release(self, transfer: ModelTransfer, status: str) -> None:
+        transfer.status = status
+        self.accounts[transfer.payer].pending_debit -= transfer.amount
+        self.accounts[transfer.payee].pending_credit -= transfer.amount
+
+    def _move(self, payer: str, payee: str, amount: int) -> None:
+        self.accounts[payer].balance -= amount
+        self.accounts[payee].balance += amount
+
+    # ---------------------------------------------------------------- accounts
+
+    def open_account(self, command: OpenAccount) -> None:
+        existing = self.accounts.get(command.account_id)
+        if self._earlier(command, existing.opened_by if existing else None):
+            return
+        self.accounts[command.account_id] = ModelAccount(
+            command, command.lower_limit_minutes, command.upper_limit_minutes
+        )
+        self._record(command)
+
+    def change_limits(self, command: ChangeLimits) -> None:
+        if self._earlier(command, self.requests.get(command.request_id)):
+            return
+        account = self._account(command.account_id)
+        if account.status == "closed":
+            raise Refused("ACCOUNT_CLOSED")
+        # Lowering below the balance is allowed: it only blocks further debits.
+        account.lower, account.upper = command.lower_limit_minutes, command.upper_limit_minutes
+        self.requests[command.request_id] = command
+        self._record(command)
+
+    def change_status(self, command: ChangeStatus) -> None:
+        if self._earlier(command, self.requests.get(command.request_id)):
+            return
+        account = self._account(command.account_id)
+        if account.status == "closed":
+            raise Refused("ACCOUNT_CLOSED")
+        if command.action == "freeze" and account.status != "open":
+            raise Refused("ACCOUNT_NOT_OPEN")
+        if command.action == "unfreeze" and account.status != "frozen":
+            raise Refused("ACCOUNT_NOT_FROZEN")
+        if command.action == "close" and account.balance:
+            raise Refused("ACCOUNT_HAS_BALANCE")
+        if command.action == "close" and (account.pending_debit or account.pending_credit):
+            raise Refused("ACCOUNT_HAS_PENDING")
+        account.status = {"freeze": "frozen", "unfreeze": "open", "close": "closed"}[command.action]
+        self.requests[command.request_id] = command
+        self._record(command)
+
+    # ---------------------------------------------------------------- transfers
+
+    def create_transfer(self, command: CreateTransfer) -> None:
+        existing = self.transfers.get(command.transfer_id)
+        if self._earlier(command, existing.created_by if existing else None):
+            return
+        payer = self._account(command.payer_account_id)
+        payee = self._account(command.payee_account_id)
+        self._check_open(payer)
+        self._check_open(payee)
+        amount = command.amount_minutes
+        self._check_limits(payer, payee, amount)
+        self._record(command)
+        transfer = ModelTransfer(
+            command,
+            kind="pending" if command.pending else "immediate",
+            status="pending" if command.pending else "posted",
+            payer=command.payer_account_id,
+            payee=command.payee_account_id,
+            amount=amount,
+            created_position=self.position,
+        )
+        self.transfers[command.transfer_id] = transfer
+        if command.pending:
+            payer.pending_debit += amount
+            payee.pending_credit += amount
+            if command.timeout_seconds:
+                transfer.deadline = self.now + timedelta(seconds=command.timeout_seconds)
+        else:
+            transfer.posted = amount
+            self._move(transfer.payer, transfer.payee, amount)
+
+    def _check_pending(self, transfer: ModelTransfer) -> None:
+        if transfer.kind != "pending":
+            raise Refused("TRANSFER_NOT_PENDING")
+        if transfer.status == "expired":
+            raise Refused("PENDING_TRANSFER_EXPIRED")
+        if transfer.status != "pending":
+            raise Refused(f"PENDING_TRANSFER_ALREADY_{transfer.status.upper()}")
+
+    def post(self, command: PostPending) -> None:
+        if self._earlier(command, self.requests.get(command.request_id)):
+            return
+        transfer = self._transfer(command.transfer_id)
+        self._check_pending(transfer)
+        self._check_open(self.accounts[transfer.payer])
+        self._check_open(self.accounts[transfer.payee])
+        amount = transfer.amount if command.amount_minutes is None else command.amount_minutes
+        if amount > transfer.amount:
+            raise Refused("POST_AMOUNT_EXCEEDS_PENDING")
+        self._release(transfer, "posted")
+        transfer.posted = amount
+        self._move(transfer.payer, transfer.payee, amount)
+        self.requests[command.request_id] = command
+        self._record(command)
+
+    def void(self, command: VoidPending) -> None:
+        if self._earlier(command, self.requests.get(command.request_id)):
+            return
+        transfer = self._transfer(command.transfer_id)
+        self._check_pending(transfer)
+        self._release(transfer, "voided")
+        self.requests[command.request_id] = command
+        self._record(command)
+
+    def expire_due(self) -> None:
+        for transfer in self.transfers.values():
+            if transfer.status == "pending" and transfer.deadline and transfer.deadline <= self.now:
+                self._release(transfer, "expired")
+                self.position += 1
+                event("expired")
+
+    def reverse(self, command: ReverseTransfer) -> None:
+        existing = self.transfers.get(command.transfer_id)
+        if self._earlier(command, existing.created_by if existing else None):
+            return
+        original = self._transfer(command.reverses_transfer_id)
+        if original.kind == "reversal":
+            raise Refused("CANNOT_REVERSE_REVERSAL")
+        if original.status != "posted":
+            raise Refused("TRANSFER_NOT_POSTED")
+        if original.reversed_by:
+            raise Refused("TRANSFER_ALREADY_REVERSED")
+        # The original payee pays the original payer back; frozen is fine, closed is not.
+        payer, payee = self.accounts[original.payee], self.accounts[original.payer]
+        for account in (payer, payee):
+            if account.status == "closed":
+                raise Refused("ACCOUNT_CLOSED")
+        self._check_limits(payer, payee, original.posted)
+        self._record(command)
+        self.transfers[command.transfer_id] = ModelTransfer(
+            command,
+            kind="reversal",
+            status="posted",
+            payer=original.payee,
+            payee=original.payer,
+            amount=original.posted,
+            created_position=self.position,
+            posted=original.posted,
+        )
+        original.reversed_by = command.transfer_id
+        self._move(original.payee, original.payer, original.posted)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def changed_content(command: BankCommand, data: st.DataObject) -> tuple[BankCommand, str]:
+    """The same id with one content field changed (kept valid), and the reason that must name it."""
+    if isinstance(command, PostPending | VoidPending | ChangeLimits | ChangeStatus) and data.draw(
+        st.booleans(), label="as another kind of request"
+    ):
+        other: BankCommand
+        if isinstance(command, VoidPending):
+            other = PostPending(command.request_id, command.transfer_id)
+        else:
+            other = VoidPending(command.request_id, "t0")
+        return other, "EXISTS_WITH_DIFFERENT_KIND"
+    names = [
+        f.name
+        for f in dataclasses.fields(command)
+        # Changing these would make the command invalid before its id is even looked up.
+        if f.name not in ("actor", command.id_field, "timeout_seconds", "pending", "service_date")
+    ]
+    name = data.draw(st.sampled_from(names), label="field to change")
+    value = getattr(command, name)
+    new_value: object
+    if name in ("payer_account_id", "payee_account_id", "account_id"):
+        taken = {
+            getattr(command, n, "") for n in ("payer_account_id", "payee_account_id", "account_id")
+        }
+        new_value = next(a for a in (*ACCOUNT_IDS, "zz") if a not in taken)
+    elif name in ("transfer_id", "reverses_transfer_id"):
+        taken = {getattr(command, n, "") for n in ("transfer_id", "reverses_transfer_id")}
+        new_value = next(t for t in TRANSFER_IDS if t not in taken)
+    elif name == "lower_limit_minutes":
+        new_value = value - 1
+    elif name in ("upper_limit_minutes", "amount_minutes"):
+        new_value = 1 if value is None else value + 1
+    elif name == "action":
+        new_value = "close" if value != "close" else "freeze"
+    elif name == "kind":
+        new_value = "pool" if value != "pool" else "member"
+    else:
+        assert isinstance(value, str), (name, value)
+        new_value = value + "-changed"
+    changed: BankCommand = dataclasses.replace(cast(Any, command), **{name: new_value})
+    return changed, f"EXISTS_WITH_DIFFERENT_{name.upper()}"
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def account_row(view: AccountView) -> tuple[object, ...]:
+    return (
+        view.kind,
+        view.status,
+        view.lower_limit_minutes,
+        view.upper_limit_minutes,
+        view.balance_minutes,
+        view.pending_debit_minutes,
+        view.pending_credit_minutes,
+    )
+
+
+def model_account_row(account: ModelAccount) -> tuple[object, ...]:
+    return (
+        account.opened_by.kind,
+        account.status,
+        account.lower,
+        account.upper,
+        account.balance,
+        account.pending_debit,
+        account.pending_credit,
+    )
+
+
+def transfer_row(view: TransferView) -> tuple[object, ...]:
+    return (
+        view.kind,
+        view.status,
+        view.payer_account_id,
+        view.payee_account_id,
+        view.amount_minutes,
+        view.posted_amount_minutes,
+        view.reversed_by_transfer_id,
+        view.created_position,
+        view.deadline,
+    )
+
+
+def model_transfer_row(transfer: ModelTransfer) -> tuple[object, ...]:
+    return (
+        transfer.kind,
+        transfer.status,
+        transfer.payer,
+        transfer.payee,
+        transfer.amount,
+        transfer.posted,
+        transfer.reversed_by,
+        transfer.created_position,
+        transfer.deadline,
+    )
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """One bank driven through the Ledger facade on the in-memory store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.ledger = Ledger(Settings(database_url="memory://"), clock=self.clock)
+        self.ledger.create_bank(CreateBank(bank_id=BANK, name="Property bank"))
+        self.model = Model()
+        self.verifier = Verifier(bank_uuid(BANK))
+        self.steps = 0
+
+    def teardown(self) -> None:
+        event(f"steps: {self.steps // 10 * 10}+")
+        self.ledger.close()
+
+    # ---------------------------------------------------------------- running commands
+
+    def position(self) -> int:
+        return self.ledger.get_bank(BANK).position
+
+    def run(self, command: BankCommand) -> None:
+        """Submit one command; its outcome must be the model's, and a refusal changes nothing."""
+        before = self.position()
+        expected = self.model.apply(command)
+        event(f"{type(command).__name__}: {expected or 'ok'}")  # see --hypothesis-show-statistics
+        result = self.attempt(command)
+        if isinstance(result, DomainError):
+            assert result.reason == expected, f"{command}: ledger said {result}, model {expected}"
+            assert isinstance(result, IdConflict) == expected.startswith("EXISTS_WITH_DIFFERENT_")
+            assert self.position() == before, "a refused command changed the bank"
+            return
+        assert expected is None, f"{command}: ledger accepted it, the model expected {expected}"
+        self.check_result(result)
+
+    def attempt(self, command: BankCommand) -> object:
+        """The command's result, or the named error that refused it."""
+        try:
+            return self.ledger.execute(BANK, command)
+        except DomainError as error:
+            return error
+
+    def check_result(self, result: object) -> None:
+        """What a command returns is what a read right after it shows."""
+        if isinstance(result, AccountView):
+            assert result == self.ledger.get_account(BANK, result.account_id)
+        else:
+            assert isinstance(result, TransferView)
+            assert result == self.ledger.get_transfer(BANK, result.transfer_id)
+
+    # ---------------------------------------------------------------- rules
+
+    def pick(self, data: st.DataObject, known: Iterable[str], pool: tuple[str, ...]) -> str:
+        """Mostly an id that exists, so that commands can succeed; sometimes any id."""
+        existing = sorted(known)
+        if existing and data.draw(st.integers(0, 7), label="existing id") > 0:
+            return data.draw(st.sampled_from(existing))
+        return data.draw(st.sampled_from(pool))
+
+    def draw_transfer(
+        self, data: st.DataObject, *, pending: bool, payer: str | None = None
+    ) -> CreateTransfer:
+        payer = payer or self.pick(data, self.model.accounts, ACCOUNT_IDS)
+        # Mostly someone else (an account paying itself is refused before anything else).
+        payee = self.pick(data, set(self.model.accounts) - {payer}, ACCOUNT_IDS)
+        return CreateTransfer(
+            transfer_id=data.draw(st.sampled_from(TRANSFER_IDS), label="transfer_id"),
+            payer_account_id=payer,
+            payee_account_id=payee,
+            amount_minutes=self.draw_amount(data, payer, payee),
+            memo=data.draw(st.sampled_from(("", "gardening")), label="memo"),
+            pending=pending,
+            # Only a pending transfer may carry a timeout.
+            timeout_seconds=data.draw(st.sampled_from((0, 30, 600))) if pending else 0,
+            actor=data.draw(actors, label="actor"),
+        )
+
+    def draw_amount(self, data: st.DataObject, payer_id: str, payee_id: str) -> int:
+        """Any amount, or one at a limit's edge (just inside, exactly on it, just past it)."""
+        edge = data.draw(st.sampled_from(("any", "payer", "any", "payee")), label="amount at")
+        payer, payee = self.model.accounts.get(payer_id), self.model.accounts.get(payee_id)
+        if edge == "payer" and payer is not None:
+            base = payer.balance - payer.pending_debit - payer.lower
+        elif edge == "payee" and payee is not None and payee.upper is not None:
+            base = payee.upper - payee.balance - payee.pending_credit
+        else:
+            return data.draw(amounts, label="amount")
+        return max(1, base + data.draw(st.sampled_from((0, 1, -1)), label="from the edge"))
+
+    @initialize(limits=st.lists(st.tuples(lower_limits, upper_limits), min_size=2, max_size=3))
+    def open_first_accounts(self, limits: list[tuple[int, int | None]]) -> None:
+        for account_id, (lower, upper) in zip(ACCOUNT_IDS, limits, strict=False):
+            self.run(OpenAccount(account_id, "member", lower, upper))
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNT_IDS),
+        kind=st.sampled_from(("member", "pool", "system")),
+        lower=lower_limits,
+        upper=upper_limits,
+        actor=actors,
+    )
+    def open_account(
+        self, account_id: str, kind: str, lower: int, upper: int | None, actor: str
+    ) -> None:
+        self.run(OpenAccount(account_id, kind, lower, upper, actor=actor))
+
+    @rule(data=st.data())
+    def transfer(self, data: st.DataObject) -> None:
+        self.run(self.draw_transfer(data, pending=False))
+
+    @rule(data=st.data())
+    def hold(self, data: st.DataObject) -> None:
+        self.run(self.draw_transfer(data, pending=True))
+
+    @precondition(lambda self: self.model.transfers)
+    @rule(
+        data=st.data(),
+        request_id=st.sampled_from(REQUEST_IDS),
+        amount=st.one_of(st.none(), st.integers(min_value=0, max_value=150)),
+    )
+    def post(self, data: st.DataObject, request_id: str, amount: int | None) -> None:
+        transfer_id = self.pick(data, self.model.transfers, TRANSFER_IDS)
+        self.run(PostPending(request_id, transfer_id, amount))
+
+    @precondition(lambda self: self.model.transfers)
+    @rule(data=st.data(), request_id=st.sampled_from(REQUEST_IDS))
+    def void(self, data: st.DataObject, request_id: str) -> None:
+        transfer_id = self.pick(data, self.model.transfers, TRANSFER_IDS)
+        self.run(VoidPending(request_id, transfer_id, reason="not needed"))
+
+    # Some steps land exactly on a deadline (timeouts are 30 or 600 seconds).
+    @rule(seconds=st.sampled_from((1, 29, 30, 31, 300, 600, 601)))
+    def advance_clock(self, seconds: int) -> None:
+        self.clock.now += timedelta(seconds=seconds)
+        self.model.now = self.clock.now
+        self.model.expire_due()
+        # The writer expires due holds before its next command (or on its own when idle):
+        # an idempotent retry makes that happen now, so reads below are deterministic.
+        opened = next(iter(self.model.accounts.values())).opened_by
+        self.ledger.execute(BANK, opened)
+
+    @rule(
+        data=st.data(),
+        request_id=st.sampled_from(REQUEST_IDS),
+        lower=lower_limits,
+        upper=upper_limits,
+    )
+    def change_limits(
+        self, data: st.DataObject, request_id: str, lower: int, upper: int | None
+    ) -> None:
+        account_id = self.pick(data, self.model.accounts, ACCOUNT_IDS)
+        self.run(ChangeLimits(request_id, account_id, lower, upper, reason="review"))
+
+    @rule(
+        data=st.data(),
+        request_id=st.sampled_from(REQUEST_IDS),
+        # Unfreezing twice as often keeps enough accounts open for transfers to succeed.
+        action=st.sampled_from(("freeze", "unfreeze", "close", "unfreeze")),
+    )
+    def change_status(self, data: st.DataObject, request_id: str, action: str) -> None:
+        account_id = self.pick(data, self.model.accounts, ACCOUNT_IDS)
+        self.run(ChangeStatus(request_id, account_id, action))
+
+    @precondition(lambda self: self.model.transfers)
+    @rule(data=st.data(), transfer_id=st.sampled_from(TRANSFER_IDS))
+    def reverse(self, data: st.DataObject, transfer_id: str) -> None:
+        reverses = self.pick(data, self.model.transfers, TRANSFER_IDS)
+        self.run(ReverseTransfer(transfer_id, reverses, reason="entered by mistake"))
+
+    @rule(data=st.data(), size=st.integers(min_value=1, max_value=3), linked=st.booleans())
+    def batch(self, data: st.DataObject, size: int, linked: bool) -> None:
+        items: list[CreateTransfer] = []
+        for _ in range(size):
+            # Often a chain: each payer spends what the item before paid it.
+            chained = bool(items) and data.draw(st.booleans(), label="chained")
+            payer = items[-1].payee_account_id if chained else None
+            pending = data.draw(st.booleans(), label="pending")
+            items.append(self.draw_transfer(data, pending=pending, payer=payer))
+        command = CreateTransfers(tuple(items), linked)
+        before = self.position()
+        expected = self.model.apply_batch(command)
+        event(f"{'linked' if linked else 'independent'} batch: {sorted(set(map(str, expected)))}")
+        results: list[BatchItemResult] = self.ledger.execute(BANK, command)
+        got = [result.error.reason if result.error else None for result in results]
+        assert got == expected, f"{command}: ledger said {got}, model {expected}"
+        for result in results:
+            if result.transfer is not None:
+                self.check_result(result.transfer)
+        if all(reason is not None for reason in expected):
+            assert self.position() == before, "a refused batch changed the bank"
+
+    @precondition(lambda self: self.model.recorded)
+    @rule(data=st.data(), actor=actors)
+    def retry_same(self, data: st.DataObject, actor: str) -> None:
+        # A retry with the same id and content (the actor is not content) returns the same thing.
+        command = data.draw(st.sampled_from(self.model.recorded), label="retried")
+        before = self.position()
+        self.run(dataclasses.replace(cast(Any, command), actor=actor))
+        assert self.position() == before, "a retry recorded something"
+
+    @precondition(lambda self: self.model.recorded)
+    @rule(data=st.data())
+    def retry_different(self, data: st.DataObject) -> None:
+        # The same id with different content is refused, naming the field that differs.
+        original = data.draw(st.sampled_from(self.model.recorded), label="retried")
+        command, reason = changed_content(original, data)
+        assert self.model.apply(command) == reason
+        with pytest.raises(IdConflict) as refused:
+            self.ledger.execute(BANK, command)
+        assert refused.value.reason == reason
+
+    # ---------------------------------------------------------------- invariants
+
+    @invariant()
+    def everything_agrees(self) -> None:
+        # In this order: the verifier catches up before the replay compares against it.
+        self.check_views_match_the_model()
+        self.check_stored_events_verify()
+        self.steps += 1
+        if self.steps % replay_every_steps == 0:
+            self.check_replay_gives_the_same_bank()
+
+    def check_views_match_the_model(self) -> None:
+        assert self.ledger.get_bank(BANK).position == self.model.position
+        views, _ = self.ledger.list_accounts(BANK, 0, "")
+        assert {v.account_id: account_row(v) for v in views} == {
+            k: model_account_row(a) for k, a in self.model.accounts.items()
+        }
+        assert [v.account_id for v in views] == list(self.model.accounts), "opening order"
+        transfers = {k: self.ledger.get_transfer(BANK, k) for k in self.model.transfers}
+        assert {k: transfer_row(v) for k, v in transfers.items()} == {
+            k: model_transfer_row(t) for k, t in self.model.transfers.items()
+        }
+
+    def check_stored_events_verify(self) -> None:
+        # Feed the verifier what was stored since it last looked: nothing may be reported.
+        events = self.ledger.store.repository.event_store.get(
+            bank_uuid(BANK), gt=self.verifier.report().position
+        )
+        for stored in events:
+            violations = self.verifier.feed(stored)
+            assert violations == [], violations
+        report = self.verifier.report()
+        assert report.position == self.model.position
+        assert report.chain_head == self.ledger.get_bank(BANK).chain_head
+        # The verifier's own recomputation agrees with the model too.
+        assert report.balances == {k: a.balance for k, a in self.model.accounts.items()}
+        for account_id, account in self.model.accounts.items():
+            totals = report.accounts[account_id]
+            assert (totals.pending_debit_minutes, totals.pending_credit_minutes, totals.status) == (
+                account.pending_debit,
+                account.pending_credit,
+                account.status,
+            )
+        assert {k: t.status for k, t in report.transfers.items()} == {
+            k: t.status for k, t in self.model.transfers.items()
+        }
+
+    def check_replay_gives_the_same_bank(
+        self,
+    ) -> None:  # A Bank rebuilt from the stored events alone shows exactly what the live one shows.
+        replayed: Bank = self.ledger.store.repository.get(bank_uuid(BANK))
+        assert replayed.view() == self.ledger.get_bank(BANK)
+        for account_id in self.model.accounts:
+            assert replayed.account(account_id).view() == self.ledger.get_account(BANK, account_id)
+        for transfer_id in self.model.transfers:
+            assert replayed.transfer(transfer_id).view() == self.ledger.get_transfer(
+                BANK, transfer_id
+            )
+        # And a verifier run over the whole history from scratch agrees with the streaming one.
+        everything = self.ledger.store.repository.event_store.get(bank_uuid(BANK))
+        assert verify(everything) == self.verifier.report()
+
+
+LedgerMachine.TestCase.settings = settings.get_profile("ci")
+TestLedgerProperties = LedgerMachine.TestCase
+
+
+# --------------------------------------------------------------------------- found by the machine
+
+
+@pytest.fixture
+def ledger() -> Iterator[Ledger]:
+    ledger = Ledger(Settings(database_url="memory://"), clock=Clock())
+    ledger.create_bank(CreateBank(bank_id=BANK, name="Regression bank"))
+    ledger.execute(BANK, OpenAccount("a0", "member", lower_limit_minutes=0))
+    ledger.execute(BANK, OpenAccount("a1", "member", lower_limit_minutes=0))
+    yield ledger
+    ledger.close()
+
+
+@pytest.mark.parametrize("linked", [False, True])
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        (CreateTransfer("t0", "a0", "a1", -10), "AMOUNT_NOT_POSITIVE"),
+        (CreateTransfer("t0", "a0", "a0", 10), "SAME_ACCOUNT"),
+    ],
+)
+def test_batch_items_are_validated_like_single_transfers(
+    ledger: Ledger, item: CreateTransfer, reason: str, linked: bool
+) -> None:
+    before = ledger.get_bank(BANK)
+
+    # A batch item the single-transfer call would refuse (here: a negative amount that would
+    # take a1 below its lower limit of 0, or an account paying itself).
+    results = ledger.execute(BANK, CreateTransfers((item,), linked=linked))
+
+    # It is refused with the same reason, and nothing is recorded.
+    assert [r.error.reason if r.error else None for r in results] == [reason]
+    assert ledger.get_bank(BANK) == before
+    assert ledger.get_account(BANK, "a1").balance_minutes == 0
