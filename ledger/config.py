@@ -26,6 +26,9 @@ class Settings:
     log_level: str = "INFO"
     # Commands one bank's writer applies and commits together at most.
     writer_batch_max: int = 1000
+    # How long the writer may wait for more commands to fill a batch once one has arrived;
+    # 0 takes only what is already waiting (requests queue up while a commit is in flight).
+    writer_batch_wait_seconds: float = 0.0
     # Requests that may wait for one bank's writer before new ones are refused.
     writer_queue_max: int = 10_000
     # How long a caller waits for its command to be committed before giving up.
@@ -51,6 +54,9 @@ class Settings:
                 ),
                 log_level=get("LOG_LEVEL", cls.log_level).upper(),
                 writer_batch_max=int(get("WRITER_BATCH_MAX", str(cls.writer_batch_max))),
+                writer_batch_wait_seconds=float(
+                    get("WRITER_BATCH_WAIT_SECONDS", str(cls.writer_batch_wait_seconds))
+                ),
                 writer_queue_max=int(get("WRITER_QUEUE_MAX", str(cls.writer_queue_max))),
                 writer_timeout_seconds=float(
                     get("WRITER_TIMEOUT_SECONDS", str(cls.writer_timeout_seconds))

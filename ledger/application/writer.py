@@ -13,6 +13,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -108,17 +109,28 @@ class BankWriter:
                 continue
             if first is None:
                 break
-            jobs = [first]
-            while len(jobs) < self._settings.writer_batch_max:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._stopping.set()
-                    break
-                jobs.append(job)
+            jobs = self._gather(first)
             self._process(jobs)
+
+    def _gather(self, first: _Job) -> list[_Job]:
+        """The first job and what follows it, up to the batch maximum and the batch wait."""
+        jobs = [first]
+        wait_until = time.monotonic() + self._settings.writer_batch_wait_seconds
+        while len(jobs) < self._settings.writer_batch_max:
+            remaining = wait_until - time.monotonic()
+            try:
+                job = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if job is None:
+                self._stopping.set()
+                break
+            jobs.append(job)
+        return jobs
 
     def _idle_wait_seconds(self) -> float:
         wait = self._settings.expiry_interval_seconds
@@ -133,6 +145,7 @@ class BankWriter:
             try:
                 bank = self._loaded()
                 results = self._apply(bank, jobs)
+                bank.flush()
                 if bank.pending_events:
                     self._store.save(bank)
             except Unavailable as error:

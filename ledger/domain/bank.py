@@ -10,12 +10,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-from ledger.domain import chain
+from ledger.domain import chain, limits
 from ledger.domain.commands import (
     BankCommand,
     ChangeLimits,
@@ -115,6 +115,10 @@ class Bank(Aggregate):
         self.requests: dict[str, Command] = {}
         # (deadline, transfer_id) of pending transfers that can expire; stale entries are skipped.
         self.deadlines: list[tuple[datetime, str]] = []
+        # New transfers already applied to the state but not yet in an event: consecutive
+        # transfers become one TransfersCreated event, so a batch costs one event, not many.
+        self._staged_transfers: list[dict[str, Any]] = []
+        self._staged_at: datetime | None = None
 
     # ----------------------------------------------------------------- creation
 
@@ -126,8 +130,21 @@ class Bank(Aggregate):
         return cls._create(cls.Created, id=uuid, timestamp=now, chain_hash=chain_hash, **fields)
 
     def _record(self, event_class: type[Bank.Event], now: datetime, **fields: Any) -> None:
+        self.flush()
+        self._append(event_class, self._timestamp(now), fields, applied=False)
+
+    def _timestamp(self, now: datetime) -> datetime:
         # Timestamps never go backwards within a bank, even if the wall clock does.
-        timestamp = max(now, self.modified_on)
+        return max(now, self.modified_on)
+
+    def _append(
+        self,
+        event_class: type[Bank.Event],
+        timestamp: datetime,
+        fields: dict[str, Any],
+        *,
+        applied: bool,
+    ) -> None:
         version = self.version + 1
         chain_hash = chain.next_hash(
             self.chain_head, str(self.id), version, event_class.__name__, timestamp, fields
@@ -142,11 +159,24 @@ class Bank(Aggregate):
         )
         # Apply directly rather than through mutate(): the hash was just computed from these
         # very fields, so re-verifying it (as replay does) would only double the cost.
-        event.apply(self)
+        if not applied:
+            event.apply(self)
         self.version = version
         self.modified_on = timestamp
         self.chain_head = chain_hash
         self.pending_events.append(event)
+
+    def flush(self) -> None:
+        """Turn the staged transfers into one TransfersCreated event (they are already applied)."""
+        if self._staged_transfers:
+            assert self._staged_at is not None
+            staged, self._staged_transfers = self._staged_transfers, []
+            staged_at, self._staged_at = self._staged_at, None
+            self._append(Bank.TransfersCreated, staged_at, {"transfers": staged}, applied=True)
+
+    def collect_events(self) -> Any:
+        self.flush()
+        return super().collect_events()
 
     # ----------------------------------------------------------------- dispatch
 
@@ -155,8 +185,9 @@ class Bank(Aggregate):
     ) -> AccountView | TransferView | list[BatchItemResult]:
         """Run one validated command at time `now`: first expire what is due, then the command."""
         self.expire_due(now)
-        handler = cast(Callable[[Bank, Any, datetime], Any], _HANDLERS[type(command)])
-        return cast(AccountView | TransferView | list[BatchItemResult], handler(self, command, now))
+        result: AccountView | TransferView | list[BatchItemResult]
+        result = _HANDLERS[type(command)](self, command, now)
+        return result
 
     # ----------------------------------------------------------------- reads
 
@@ -424,63 +455,75 @@ class Bank(Aggregate):
             raise Bank._status_error(reason, account, f"the account is {account.status}")
 
     def _record_transfer(self, command: CreateTransfer, now: datetime) -> TransferView:
-        timestamp = max(now, self.modified_on)
+        timestamp = self._timestamp(now)
+        if self._staged_transfers and timestamp != self._staged_at:
+            self.flush()  # one event has one timestamp
+            timestamp = self._timestamp(now)
         deadline = (
             timestamp + timedelta(seconds=command.timeout_seconds)
             if command.pending and command.timeout_seconds
             else None
         )
-        self._record(
-            Bank.TransferCreated,
-            now,
-            deadline=_iso(deadline),
-            **command.content(),
-            actor=command.actor,
-        )
-        return self.transfers[command.transfer_id].view()
+        record = command.content()
+        record["actor"] = command.actor
+        record["deadline"] = _iso(deadline)
+        # Apply now, so the next command sees it; the event it joins will be the next version.
+        transfer = self._add_new_transfer(command, deadline, timestamp, self.version + 1)
+        self._staged_transfers.append(record)
+        self._staged_at = timestamp
+        if len(self._staged_transfers) >= limits.transfers_per_event_max:
+            self.flush()
+        return transfer.view()
 
-    class TransferCreated(Event):
-        transfer_id: str
-        payer_account_id: str
-        payee_account_id: str
-        amount_minutes: int
-        memo: str
-        category: str
-        service_date: str
-        pending: bool
-        timeout_seconds: int
-        actor: str
-        deadline: str
+    class TransfersCreated(Event):
+        # Each item: the CreateTransfer fields (transfer_id, payer_account_id,
+        # payee_account_id, amount_minutes, memo, category, service_date, pending,
+        # timeout_seconds, actor) and "deadline" (ISO 8601, or "" for none).
+        transfers: list[dict[str, Any]]
 
         def apply(self, bank: Bank) -> None:
-            fields = _event_fields(self)
-            deadline_iso = fields.pop("deadline")
-            deadline = datetime.fromisoformat(deadline_iso) if deadline_iso else None
-            transfer = TransferState(
-                created_by=CreateTransfer(**fields),
-                kind="pending" if self.pending else "immediate",
-                status="pending" if self.pending else "posted",
-                payer_account_id=self.payer_account_id,
-                payee_account_id=self.payee_account_id,
-                amount_minutes=self.amount_minutes,
-                created_at=self.timestamp,
-                created_position=self.originator_version,
-                position=self.originator_version,
-                deadline=deadline,
-            )
-            bank.add_transfer(transfer, self.timestamp)
-            payer = bank.accounts[self.payer_account_id]
-            payee = bank.accounts[self.payee_account_id]
-            if self.pending:
-                payer.pending_debit_minutes += self.amount_minutes
-                payee.pending_credit_minutes += self.amount_minutes
-                if deadline is not None:
-                    heapq.heappush(bank.deadlines, (deadline, self.transfer_id))
-            else:
-                transfer.posted_amount_minutes = self.amount_minutes
-                transfer.resolved_at = self.timestamp
-                payer.balance_minutes -= self.amount_minutes
-                payee.balance_minutes += self.amount_minutes
+            for record in self.transfers:
+                bank.apply_new_transfer(record, self.timestamp, self.originator_version)
+
+    def apply_new_transfer(
+        self, record: dict[str, Any], timestamp: datetime, position: int
+    ) -> None:
+        """Add one recorded transfer to the state (used by apply only)."""
+        fields = dict(record)
+        deadline_iso = fields.pop("deadline")
+        deadline = datetime.fromisoformat(deadline_iso) if deadline_iso else None
+        self._add_new_transfer(CreateTransfer(**fields), deadline, timestamp, position)
+
+    def _add_new_transfer(
+        self, command: CreateTransfer, deadline: datetime | None, timestamp: datetime, position: int
+    ) -> TransferState:
+        amount = command.amount_minutes
+        transfer = TransferState(
+            created_by=command,
+            kind="pending" if command.pending else "immediate",
+            status="pending" if command.pending else "posted",
+            payer_account_id=command.payer_account_id,
+            payee_account_id=command.payee_account_id,
+            amount_minutes=amount,
+            created_at=timestamp,
+            created_position=position,
+            position=position,
+            deadline=deadline,
+        )
+        self.add_transfer(transfer, timestamp)
+        payer = self.accounts[command.payer_account_id]
+        payee = self.accounts[command.payee_account_id]
+        if command.pending:
+            payer.pending_debit_minutes += amount
+            payee.pending_credit_minutes += amount
+            if deadline is not None:
+                heapq.heappush(self.deadlines, (deadline, command.transfer_id))
+        else:
+            transfer.posted_amount_minutes = amount
+            transfer.resolved_at = timestamp
+            payer.balance_minutes -= amount
+            payee.balance_minutes += amount
+        return transfer
 
     def add_transfer(self, transfer: TransferState, timestamp: datetime) -> None:
         """Index a new transfer under its id and under both accounts (used by apply only)."""

@@ -16,6 +16,7 @@ from ledger.domain.errors import InvalidInput
 
 ACCOUNT_KINDS = ("member", "pool", "system")
 _id_re = re.compile(limits.id_pattern)
+_content_fields: dict[type, tuple[str, ...]] = {}
 
 
 def check_id(field: str, value: str) -> None:
@@ -87,11 +88,20 @@ class Command:
         raise NotImplementedError
 
     def content(self) -> dict[str, Any]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)  # type: ignore[arg-type]
-            if f.name not in self.not_content
-        }
+        return {name: getattr(self, name) for name in self.content_fields()}
+
+    @classmethod
+    def content_fields(cls) -> tuple[str, ...]:
+        # Cached per class: this runs for every transfer on the hot path.
+        names = _content_fields.get(cls)
+        if names is None:
+            names = tuple(
+                f.name
+                for f in fields(cls)  # type: ignore[arg-type]
+                if f.name not in cls.not_content
+            )
+            _content_fields[cls] = names
+        return names
 
     def first_difference(self, earlier: Command) -> str | None:
         """The first content field in which this retry differs from the earlier command."""

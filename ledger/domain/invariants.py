@@ -199,14 +199,7 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
         "upper_limit_minutes": (int, types.NoneType),
     },
     "AccountStatusChanged": {"request_id": (str,), "account_id": (str,), "status": (str,)},
-    "TransferCreated": {
-        "transfer_id": (str,),
-        "payer_account_id": (str,),
-        "payee_account_id": (str,),
-        "amount_minutes": (int,),
-        "pending": (bool,),
-        "deadline": (str,),
-    },
+    "TransfersCreated": {"transfers": (list,)},
     "PendingPosted": {"request_id": (str,), "transfer_id": (str,), "posted_amount_minutes": (int,)},
     "PendingVoided": {"request_id": (str,), "transfer_id": (str,)},
     "PendingExpired": {"transfer_id": (str,)},
@@ -217,6 +210,16 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
         "payee_account_id": (str,),
         "amount_minutes": (int,),
     },
+}
+
+# Each item of a TransfersCreated event.
+_TRANSFER_ITEM_SCHEMA: Final[Mapping[str, tuple[type, ...]]] = {
+    "transfer_id": (str,),
+    "payer_account_id": (str,),
+    "payee_account_id": (str,),
+    "amount_minutes": (int,),
+    "pending": (bool,),
+    "deadline": (str,),
 }
 
 
@@ -266,7 +269,7 @@ class Verifier:
             "AccountOpened": self._account_opened,
             "AccountLimitsChanged": self._limits_changed,
             "AccountStatusChanged": self._status_changed,
-            "TransferCreated": self._transfer_created,
+            "TransfersCreated": self._transfers_created,
             "PendingPosted": self._pending_posted,
             "PendingVoided": self._pending_voided,
             "PendingExpired": self._pending_expired,
@@ -489,8 +492,18 @@ class Verifier:
 
     # ----------------------------------------------------------------- transfers
 
-    def _transfer_created(self, record: RecordedEvent, step: _Step) -> None:
-        f = record.fields
+    def _transfers_created(self, record: RecordedEvent, step: _Step) -> None:
+        items = record.fields["transfers"]
+        if not items:
+            self._report(step.version, Reason.MALFORMED_EVENT, "TransfersCreated has no transfers")
+        for index, item in enumerate(items):
+            problem = _item_problem(item)
+            if problem:
+                self._report(step.version, Reason.MALFORMED_EVENT, f"transfers[{index}]: {problem}")
+            else:
+                self._transfer_created(item, step)
+
+    def _transfer_created(self, f: Mapping[str, Any], step: _Step) -> None:
         transfer_id, amount = f["transfer_id"], f["amount_minutes"]
         if not self._new_transfer_id(step.version, transfer_id):
             return
@@ -709,6 +722,18 @@ def _schema_problem(record: RecordedEvent) -> str:
             return f"{record.type} has no field {name!r}"
         if type(record.fields[name]) not in allowed:
             return f"{record.type}.{name} is {type(record.fields[name]).__name__}"
+    return ""
+
+
+def _item_problem(item: object) -> str:
+    """What is missing or mistyped in one created transfer ("" if nothing)."""
+    if not isinstance(item, dict):
+        return f"is {type(item).__name__}, not an object"
+    for name, allowed in _TRANSFER_ITEM_SCHEMA.items():
+        if name not in item:
+            return f"has no field {name!r}"
+        if type(item[name]) not in allowed:
+            return f"{name} is {type(item[name]).__name__}"
     return ""
 
 

@@ -21,5 +21,7 @@ limit_minutes_max = 1_000_000_000_000
 pending_timeout_seconds_max = 366 * 24 * 3600
 
 transfers_per_batch_max = 1_000
+# New transfers grouped into one TransfersCreated event at most (bounds one stored row).
+transfers_per_event_max = 1_000
 page_size_default = 50
 page_size_max = 1_000

@@ -1,0 +1,172 @@
+"""The views' database: one small interface over SQLite (sqlite3) and PostgreSQL (psycopg 3).
+
+Views live in the same database as the events by default (LEDGER_DATABASE_URL), in their own
+tables. Every write goes through `transaction()`, so a batch of view rows and the position it
+reached commit together or not at all. SQL is written once with `?` placeholders and
+translated for psycopg.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import psycopg
+from psycopg import sql as pg_sql
+from psycopg_pool import ConnectionPool
+
+from ledger.config import ConfigError
+
+Row = tuple[Any, ...]
+Params = Sequence[Any]
+
+
+class Cursor(Protocol):
+    """What a projection may do inside a transaction."""
+
+    def execute(self, statement: str, params: Params = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        ...
+
+    def executemany(self, statement: str, rows: Sequence[Params]) -> None: ...
+
+    def query(self, statement: str, params: Params = ()) -> list[Row]: ...
+
+
+class ViewDatabase(Protocol):
+    dialect: str
+
+    def transaction(self) -> Any: ...
+
+    def query(self, statement: str, params: Params = ()) -> list[Row]: ...
+
+    def close(self) -> None: ...
+
+
+class _SQLiteCursor:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, statement: str, params: Params = ()) -> int:
+        return self._connection.execute(statement, params).rowcount
+
+    def executemany(self, statement: str, rows: Sequence[Params]) -> None:
+        self._connection.executemany(statement, rows)
+
+    def query(self, statement: str, params: Params = ()) -> list[Row]:
+        return list(self._connection.execute(statement, params).fetchall())
+
+
+class SQLiteViews:
+    """One connection, shared under a lock: SQLite takes one writer at a time anyway."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self._connection = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        if path != ":memory:":
+            self._connection.execute("PRAGMA journal_mode=WAL")
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteCursor(self._connection)
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def query(self, statement: str, params: Params = ()) -> list[Row]:
+        with self._lock:
+            return list(self._connection.execute(statement, params).fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+def _pg(statement: str) -> str:
+    # The views' SQL uses no literal '?' or '%', so this translation is exact.
+    assert "%" not in statement, statement
+    return statement.replace("?", "%s")
+
+
+class _PostgresCursor:
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    def execute(self, statement: str, params: Params = ()) -> int:
+        self._cursor.execute(_pg(statement), params, prepare=True)
+        return self._cursor.rowcount
+
+    def executemany(self, statement: str, rows: Sequence[Params]) -> None:
+        if rows:
+            self._cursor.executemany(_pg(statement), rows)
+
+    def query(self, statement: str, params: Params = ()) -> list[Row]:
+        self._cursor.execute(_pg(statement), params, prepare=True)
+        return list(self._cursor.fetchall())
+
+
+class PostgresViews:
+    dialect = "postgresql"
+
+    def __init__(self, conninfo: str, schema: str, pool_size_max: int = 8) -> None:
+        def configure(connection: psycopg.Connection[Any]) -> None:
+            if schema:
+                connection.execute(
+                    pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(schema))
+                )
+                connection.commit()
+
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            conninfo, min_size=1, max_size=pool_size_max, configure=configure, open=True
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with (
+            self._pool.connection() as connection,
+            connection.transaction(),
+            connection.cursor() as cursor,
+        ):
+            yield _PostgresCursor(cursor)
+
+    def query(self, statement: str, params: Params = ()) -> list[Row]:
+        with self._pool.connection() as connection, connection.cursor() as cursor:
+            cursor.execute(_pg(statement), params, prepare=True)
+            return list(cursor.fetchall())
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def open_views(database_url: str) -> SQLiteViews | PostgresViews:
+    """The views' database for a LEDGER_DATABASE_URL (memory:// keeps views in memory too)."""
+    url = urlsplit(database_url)
+    if url.scheme == "memory":
+        return SQLiteViews(":memory:")
+    if url.scheme == "sqlite":
+        path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
+        return SQLiteViews(path)
+    if url.scheme in ("postgresql", "postgres"):
+        schema = parse_qs(url.query).get("schema", [""])[0]
+        conninfo = psycopg.conninfo.make_conninfo(
+            dbname=unquote(url.path.lstrip("/")),
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 5432,
+            user=unquote(url.username or "postgres"),
+            password=unquote(url.password or ""),
+            connect_timeout=5,
+        )
+        return PostgresViews(conninfo, schema)
+    raise ConfigError(f"no views database for URL scheme {url.scheme!r}")

@@ -1,0 +1,227 @@
+"""Follows the event log and keeps one projection's view tables up to date, exactly once.
+
+Each step reads up to `batch_max` notifications after the projection's position, applies
+them all in ONE view-database transaction, and records the new position (and each bank's
+latest version) in that same transaction: a crash anywhere leaves either all of the batch
+or none of it, so every event is applied exactly once.
+
+Readers of the log never see a later event before an earlier one commits: the event store's
+insert takes a table lock in PostgreSQL and SQLite has one writer, so notification ids become
+visible in order and a gap left behind is a rolled-back insert, never a late commit.
+tests/test_event_log_readers.py checks that with deliberately delayed commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+from uuid import UUID
+
+from ledger.application.store import LedgerStore
+from projections.db import Cursor, ViewDatabase
+
+log = logging.getLogger(__name__)
+
+notifications_per_batch_max = 1_000
+
+_TRACKING_DDL = (
+    "CREATE TABLE IF NOT EXISTS projection_positions ("
+    " projection TEXT PRIMARY KEY, position BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS projection_bank_versions ("
+    " projection TEXT NOT NULL, bank_uuid TEXT NOT NULL, version BIGINT NOT NULL,"
+    " PRIMARY KEY (projection, bank_uuid))",
+)
+
+
+class Projection(Protocol):
+    """A read model: its tables, and how a batch of events changes them."""
+
+    name: str
+
+    def create_tables(self, cursor: Cursor) -> None: ...
+
+    def drop_tables(self, cursor: Cursor) -> None: ...
+
+    def apply(self, cursor: Cursor, events: Sequence[Any]) -> None:
+        """Apply events (eventsourcing domain events, in log order) inside the transaction."""
+        ...
+
+
+class PositionMovedError(Exception):
+    """Another runner advanced this projection; this one must reload before going on."""
+
+
+class ProjectionRunner:
+    """Runs one projection; safe to stop and restart at any point."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        views: ViewDatabase,
+        projection: Projection,
+        *,
+        batch_max: int = notifications_per_batch_max,
+    ) -> None:
+        assert 0 < batch_max <= notifications_per_batch_max
+        self.store = store
+        self.views = views
+        self.projection = projection
+        self.batch_max = batch_max
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.setup()
+        self._position = self.stored_position()
+
+    # ----------------------------------------------------------------- set-up and rebuild
+
+    def setup(self) -> None:
+        with self.views.transaction() as cursor:
+            for statement in _TRACKING_DDL:
+                cursor.execute(statement)
+            self.projection.create_tables(cursor)
+            cursor.execute(
+                "INSERT INTO projection_positions (projection, position) VALUES (?, 0)"
+                " ON CONFLICT (projection) DO NOTHING",
+                (self.projection.name,),
+            )
+
+    def reset(self) -> None:
+        """Drop the projection's rows and position, so the next steps rebuild it from event 1."""
+        with self.views.transaction() as cursor:
+            self.projection.drop_tables(cursor)
+            self.projection.create_tables(cursor)
+            cursor.execute(
+                "UPDATE projection_positions SET position = 0 WHERE projection = ?",
+                (self.projection.name,),
+            )
+            cursor.execute(
+                "DELETE FROM projection_bank_versions WHERE projection = ?",
+                (self.projection.name,),
+            )
+        self._position = 0
+
+    # ----------------------------------------------------------------- positions
+
+    @property
+    def position(self) -> int:
+        """The notification id of the last event applied (as this runner last saw it)."""
+        return self._position
+
+    def stored_position(self) -> int:
+        rows = self.views.query(
+            "SELECT position FROM projection_positions WHERE projection = ?",
+            (self.projection.name,),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def bank_version(self, bank_uuid: UUID) -> int:
+        """The latest event of this bank the view has applied (0 if none)."""
+        rows = self.views.query(
+            "SELECT version FROM projection_bank_versions WHERE projection = ? AND bank_uuid = ?",
+            (self.projection.name, str(bank_uuid)),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def lag_events(self) -> int:
+        """How many notifications the log holds beyond what this projection applied."""
+        head = self.store.recorder.max_notification_id() or 0
+        return max(0, head - self._position)
+
+    # ----------------------------------------------------------------- running
+
+    def run_once(self) -> int:
+        """Apply the next batch, if any; returns how many notifications it applied."""
+        notifications = self.store.recorder.select_notifications(
+            start=self._position + 1, limit=self.batch_max
+        )
+        if not notifications:
+            return 0
+        events = [self.store.mapper.to_domain_event(n) for n in notifications]
+        start, end = self._position, notifications[-1].id
+        with self.views.transaction() as cursor:
+            moved = cursor.execute(
+                "UPDATE projection_positions SET position = ?"
+                " WHERE projection = ? AND position = ?",
+                (end, self.projection.name, start),
+            )
+            if moved != 1:
+                raise PositionMovedError(
+                    f"projection {self.projection.name!r} is no longer at {start}"
+                )
+            self.projection.apply(cursor, events)
+            self._record_bank_versions(cursor, events)
+        self._position = end
+        with self._changed:
+            self._changed.notify_all()
+        return len(notifications)
+
+    def run_until_caught_up(self, time_limit_seconds: float = 300.0) -> int:
+        """Apply batches until the log has nothing more (bounded in time); returns the count."""
+        deadline = time.monotonic() + time_limit_seconds
+        applied = 0
+        while time.monotonic() < deadline:
+            count = self.run_once()
+            if count == 0:
+                return applied
+            applied += count
+        raise TimeoutError(f"projection {self.projection.name!r} did not catch up in time")
+
+    def start(self, poll_interval_seconds: float = 0.02) -> None:
+        """Follow the log in a background thread until stop()."""
+        assert self._thread is None
+        self._thread = threading.Thread(
+            target=self._follow,
+            args=(poll_interval_seconds,),
+            name=f"projection-{self.projection.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wait_for(self, bank_uuid: UUID, version: int, timeout_seconds: float) -> bool:
+        """Wait (bounded) until the view holds `version` of the bank; False if it does not yet."""
+        deadline = time.monotonic() + timeout_seconds
+        while self.bank_version(bank_uuid) < version:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                # Woken by this process's runner; a runner elsewhere is seen by polling.
+                self._changed.wait(timeout=min(remaining, 0.05))
+        return True
+
+    def _follow(self, poll_interval_seconds: float) -> None:
+        while not self._stop.is_set():
+            try:
+                applied = self.run_once()
+            except PositionMovedError:
+                log.warning("projection_position_moved projection=%s", self.projection.name)
+                self._position = self.stored_position()
+                continue
+            except Exception:
+                # A failed batch rolled back entirely; try it again after a pause.
+                log.exception("projection_batch_failed projection=%s", self.projection.name)
+                self._stop.wait(1.0)
+                continue
+            if applied == 0:
+                self._stop.wait(poll_interval_seconds)
+
+    def _record_bank_versions(self, cursor: Cursor, events: Sequence[Any]) -> None:
+        latest: dict[str, int] = {}
+        for event in events:
+            latest[str(event.originator_id)] = event.originator_version
+        cursor.executemany(
+            "INSERT INTO projection_bank_versions (projection, bank_uuid, version)"
+            " VALUES (?, ?, ?) ON CONFLICT (projection, bank_uuid)"
+            " DO UPDATE SET version = excluded.version",
+            [(self.projection.name, bank, version) for bank, version in latest.items()],
+        )
