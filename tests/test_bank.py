@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -61,9 +61,12 @@ def state(bank: Bank) -> State:
 
 
 def run(bank: Bank, command: BankCommand, now: datetime = T0) -> Any:
-    """What the Ledger does with a command: validate it, then execute it."""
+    """What the Ledger's writer does with a command: validate, execute, then turn what it
+    staged into events (the writer does that once per batch, before saving)."""
     command.validate()
-    return bank.execute(command, now)
+    result = bank.execute(command, now)
+    bank.flush()
+    return result
 
 
 def refused(
@@ -814,8 +817,10 @@ def test_an_independent_batch_gives_each_item_its_own_result(bank: Bank) -> None
     # Each item saw the ones before it; the retry returned the first item, not a new transfer.
     assert results[4] == results[0]
     assert balances(bank) == {"ann": -100, "bea": 100, "cat": 0}
-    assert bank.version == before[0] + 2
     assert sorted(bank.transfers) == ["b1", "b4"]
+    # Only the two recorded items are in the history, together in one event.
+    assert bank.version == before[0] + 1
+    assert created_ids(bank.pending_events[-1:]) == ["b1", "b4"]
 
 
 # ----------------------------------------------------------------- hash chain
@@ -832,6 +837,16 @@ def history(bank: Bank) -> list[Any]:
     return list(bank.collect_events())
 
 
+def created_ids(events: Sequence[Any]) -> list[str]:
+    """The ids of the transfers created by these events, in order (a group holds several)."""
+    return [
+        item["transfer_id"]
+        for event in events
+        if isinstance(event, Bank.TransfersCreated)
+        for item in event.transfers
+    ]
+
+
 def replay(events: Sequence[Any]) -> Bank:
     """What the repository does when it loads a bank."""
     aggregate: Any = None
@@ -842,7 +857,7 @@ def replay(events: Sequence[Any]) -> Bank:
 
 
 def busy_bank() -> tuple[Bank, State]:
-    """A bank with one of every event, and its state."""
+    """A bank with one of every event, a group of two transfers among them, and its state."""
     bank = new_bank()
     open_account(bank, "ann", lower=-100, upper=100)
     open_account(bank, "bea", lower=-100, upper=100)
@@ -854,6 +869,7 @@ def busy_bank() -> tuple[Bank, State]:
     hold(bank, "h3", "ann", "bea", 10, timeout_seconds=60)
     run(bank, reversal("r1", "t1"), T0 + timedelta(minutes=1))
     run(bank, set_limits("l1", "ann", -50, 100))
+    batch(bank, payment("b1", "ann", "bea", 5), payment("b2", "bea", "ann", 3), linked=True)
     run(bank, status("s1", "bea", "freeze"))
     return bank, state(bank)
 
@@ -865,17 +881,21 @@ def test_replay_rebuilds_the_same_bank_and_chain_head() -> None:
         "Created",
         "AccountOpened",
         "AccountOpened",
-        "TransferCreated",
-        "TransferCreated",
+        "TransfersCreated",
+        "TransfersCreated",
         "PendingPosted",
-        "TransferCreated",
+        "TransfersCreated",
         "PendingVoided",
-        "TransferCreated",
+        "TransfersCreated",
         "PendingExpired",
         "TransferReversed",
         "AccountLimitsChanged",
+        "TransfersCreated",
         "AccountStatusChanged",
     ]
+    # Every created transfer is in the history once, in order; the batch's two share an event.
+    assert created_ids(events) == ["t1", "h1", "h2", "h3", "b1", "b2"]
+    assert created_ids(events[12:13]) == ["b1", "b2"]
     # Replaying the history gives the same accounts, transfers, requests and chain head.
     replayed = replay(events)
     assert state(replayed)[:5] == before[:5]
@@ -912,30 +932,61 @@ def test_the_chain_follows_its_published_format() -> None:
     assert history(bank)[0].chain_hash == expected
 
 
+# A change made to a stored event behind the ledger's back.
+Tamper = Callable[[Any], Any]
+
+
+def changed(**change: Any) -> Tamper:
+    """Change the event's own fields (or its timestamp or hash)."""
+    return lambda event: dataclasses.replace(event, **change)
+
+
+def item_changed(index: int, **change: Any) -> Tamper:
+    """Change one transfer inside a TransfersCreated event."""
+
+    def tamper(event: Any) -> Any:
+        items = [dict(item) for item in event.transfers]
+        items[index].update(change)
+        return dataclasses.replace(event, transfers=items)
+
+    return tamper
+
+
+def items_changed(edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> Tamper:
+    """Drop, add or reorder the transfers of a TransfersCreated event."""
+    return lambda event: dataclasses.replace(event, transfers=edit(list(event.transfers)))
+
+
 @pytest.mark.parametrize(
-    ("position", "change"),
+    ("position", "tamper"),
     [
-        pytest.param(0, {"name": "Other Bank"}, id="bank-name"),
-        pytest.param(1, {"lower_limit_minutes": -10_000}, id="account-limit"),
-        pytest.param(3, {"amount_minutes": 3}, id="transfer-amount"),
-        pytest.param(3, {"payee_account_id": "ann"}, id="transfer-payee"),
-        pytest.param(3, {"memo": "weeding"}, id="transfer-memo"),
-        pytest.param(5, {"posted_amount_minutes": 10}, id="posted-amount"),
-        pytest.param(8, {"deadline": ""}, id="deadline"),
-        pytest.param(10, {"reason": "fraud"}, id="reversal-reason"),
-        pytest.param(11, {"upper_limit_minutes": None}, id="changed-limit"),
-        pytest.param(12, {"actor": "mallory"}, id="status-actor"),
-        pytest.param(4, {"timestamp": T0 + timedelta(days=1)}, id="timestamp"),
-        pytest.param(6, {"chain_hash": "0" * 64}, id="chain-hash"),
+        pytest.param(0, changed(name="Other Bank"), id="bank-name"),
+        pytest.param(1, changed(lower_limit_minutes=-10_000), id="account-limit"),
+        pytest.param(3, item_changed(0, amount_minutes=3), id="transfer-amount"),
+        pytest.param(3, item_changed(0, payee_account_id="ann"), id="transfer-payee"),
+        pytest.param(3, item_changed(0, memo="weeding"), id="transfer-memo"),
+        pytest.param(5, changed(posted_amount_minutes=10), id="posted-amount"),
+        pytest.param(8, item_changed(0, deadline=""), id="deadline"),
+        pytest.param(10, changed(reason="fraud"), id="reversal-reason"),
+        pytest.param(11, changed(upper_limit_minutes=None), id="changed-limit"),
+        pytest.param(12, item_changed(1, amount_minutes=30), id="group-second-amount"),
+        pytest.param(12, items_changed(lambda items: items[:1]), id="group-item-dropped"),
+        pytest.param(12, items_changed(lambda items: items[::-1]), id="group-items-swapped"),
+        pytest.param(
+            12,
+            items_changed(lambda items: [*items, {**items[1], "transfer_id": "b3"}]),
+            id="group-item-added",
+        ),
+        pytest.param(13, changed(actor="mallory"), id="status-actor"),
+        pytest.param(4, changed(timestamp=T0 + timedelta(days=1)), id="timestamp"),
+        pytest.param(6, changed(chain_hash="0" * 64), id="chain-hash"),
     ],
 )
-def test_tampering_with_a_stored_event_breaks_the_chain(
-    position: int, change: dict[str, Any]
-) -> None:
+def test_tampering_with_a_stored_event_breaks_the_chain(position: int, tamper: Tamper) -> None:
     bank, _ = busy_bank()
     events = history(bank)
-    # One stored event has one field changed.
-    events[position] = dataclasses.replace(events[position], **change)
+    # One stored event is changed: a field, or one transfer inside a group.
+    events[position] = tamper(events[position])
     # Replaying the history refuses it.
     with pytest.raises(ChainBrokenError, match=f"event {position + 1} of bank"):
         replay(events)
@@ -974,8 +1025,8 @@ def test_a_forger_who_rewrites_hashes_is_caught_by_the_next_event_or_the_head() 
     bank, _ = busy_bank()
     published_head = bank.chain_head
     events = history(bank)
-    # Someone raises t1's amount and recomputes that event's own hash.
-    forge(events, 3, amount_minutes=300)
+    # Someone raises t1's amount inside its event and recomputes that event's own hash.
+    forge(events, 3, transfers=[{**events[3].transfers[0], "amount_minutes": 300}])
     # The forged event passes its own check...
     assert replay(events[:4]).transfer("t1").amount_minutes == 300
     # ...but the next event no longer follows it.
@@ -994,6 +1045,131 @@ def test_timestamps_never_go_backwards(bank: Bank) -> None:
     # The second event keeps the time of the first, so the history stays in order.
     assert second.created_at == first.created_at == T0
     assert replay(history(bank)).chain_head == bank.chain_head
+
+
+# ----------------------------------------------------------------- grouped transfers
+
+
+def stage(bank: Bank, command: BankCommand, now: datetime = T0) -> Any:
+    """What the writer does with each command of a batch: validate and execute, no flush yet."""
+    command.validate()
+    return bank.execute(command, now)
+
+
+def test_transfers_in_a_row_become_one_event_that_replays_to_the_same_bank(bank: Bank) -> None:
+    version, head = bank.version, bank.chain_head
+    pending_before = len(bank.pending_events)
+    # Ann pays Bea 60 minutes; the bank shows it at once, but no event is recorded yet.
+    t1 = stage(bank, payment("t1", "ann", "bea", 60, memo="soup", service_date="2025-02-28"))
+    assert balances(bank) == {"ann": -60, "bea": 60, "cat": 0}
+    assert (bank.version, bank.chain_head, len(bank.pending_events)) == (
+        version,
+        head,
+        pending_before,
+    )
+    # The next command is checked against it: Ann cannot pay 41 more, and nothing changes.
+    before = state(bank)
+    with pytest.raises(PreconditionFailed) as info:
+        stage(bank, payment("t2", "ann", "cat", 41))
+    assert info.value.reason == "EXCEEDS_LOWER_LIMIT"
+    assert state(bank) == before
+    # Bea holds 20 minutes for Cat for a minute; then an independent batch of two, with a retry
+    # of t1 in the middle that returns it and records nothing.
+    h1 = stage(bank, payment("h1", "bea", "cat", 20, pending=True, timeout_seconds=60))
+    results = stage(
+        bank,
+        CreateTransfers(
+            items=(
+                payment("b1", "bea", "ann", 10),
+                payment("t1", "ann", "bea", 60, memo="soup", service_date="2025-02-28"),
+                payment("b2", "ann", "cat", 5),
+            ),
+            linked=False,
+        ),
+    )
+    assert outcomes(results) == ["ok", "ok", "ok"]
+    assert results[1].transfer == t1
+    # Still no event, until the writer flushes: then the four transfers are one event.
+    assert bank.version == version
+    bank.flush()
+    assert bank.version == version + 1
+    assert len(bank.pending_events) == pending_before + 1
+    event = bank.pending_events[-1]
+    assert isinstance(event, Bank.TransfersCreated)
+    assert (event.originator_version, event.timestamp) == (version + 1, T0)
+    assert created_ids([event]) == ["t1", "h1", "b1", "b2"]
+    # Each item holds the transfer's own fields and its deadline.
+    assert event.transfers[1] == {
+        "transfer_id": "h1",
+        "payer_account_id": "bea",
+        "payee_account_id": "cat",
+        "amount_minutes": 20,
+        "memo": "",
+        "category": "",
+        "service_date": "",
+        "pending": True,
+        "timeout_seconds": 60,
+        "actor": "",
+        "deadline": "2025-03-01T09:01:00.000000+00:00",
+    }
+    # All four were created at the event's version; callers were answered with exactly that.
+    for transfer_id in ("t1", "h1", "b1", "b2"):
+        assert bank.transfer(transfer_id).created_position == version + 1
+    assert (bank.transfer("t1").view(), bank.transfer("h1").view()) == (t1, h1)
+    # A second flush has nothing to record.
+    after = state(bank)
+    bank.flush()
+    assert state(bank) == after
+    # Replaying the history gives the same accounts, transfers and chain head.
+    replayed = replay(history(bank))
+    assert state(replayed)[:5] == after[:5]
+    assert replayed.view() == bank.view()
+    assert replayed.next_deadline() == bank.next_deadline() == T0 + timedelta(minutes=1)
+
+
+def test_a_group_ends_at_another_event_at_a_new_moment_and_at_its_maximum(bank: Bank) -> None:
+    events = history(bank)
+    # A payment, a limit change, another payment, all at once: three events, in command order.
+    stage(bank, payment("t1", "ann", "bea", 1))
+    stage(bank, set_limits("l1", "ann", -90, 100))
+    stage(bank, payment("t2", "ann", "bea", 1))
+    new = history(bank)
+    assert [type(event).__name__ for event in new] == [
+        "TransfersCreated",
+        "AccountLimitsChanged",
+        "TransfersCreated",
+    ]
+    assert [created_ids([event]) for event in new] == [["t1"], [], ["t2"]]
+    events += new
+    # A payment now and two a second later: one event has one timestamp, so two events.
+    later = T0 + timedelta(seconds=1)
+    stage(bank, payment("t3", "ann", "bea", 1))
+    stage(bank, payment("t4", "bea", "ann", 1), later)
+    stage(bank, payment("t5", "bea", "ann", 1), later)
+    new = history(bank)
+    assert [created_ids([event]) for event in new] == [["t3"], ["t4", "t5"]]
+    assert [event.timestamp for event in new] == [T0, later]
+    assert bank.transfer("t4").created_at == later
+    events += new
+    # One more than the maximum, back and forth between Ann and Bea: the group closes itself
+    # when it is full, without waiting for a flush; the last one starts the next group.
+    version = bank.version
+    maximum = limits.transfers_per_event_max
+    for number in range(maximum + 1):
+        payer, payee = ("ann", "bea") if number % 2 else ("bea", "ann")
+        stage(bank, payment(f"m{number}", payer, payee, 1), later)
+        if number == maximum - 1:
+            assert bank.version == version + 1
+    new = history(bank)
+    assert [len(event.transfers) for event in new] == [maximum, 1]
+    assert bank.transfer(f"m{maximum - 1}").created_position == version + 1
+    assert bank.transfer(f"m{maximum}").created_position == version + 2
+    events += new
+    # The whole history is contiguous and replays to the same bank.
+    assert [event.originator_version for event in events] == list(range(1, bank.version + 1))
+    replayed = replay(events)
+    assert state(replayed)[:5] == state(bank)[:5]
+    assert replayed.chain_head == bank.chain_head
 
 
 # ----------------------------------------------------------------- command validation

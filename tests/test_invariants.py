@@ -89,6 +89,23 @@ def reasons(report: Report) -> list[tuple[int, Reason]]:
     return [(v.version, v.reason) for v in report.violations]
 
 
+def created_ids(event: Any) -> list[str]:
+    """The transfers a TransfersCreated event created (none for any other event)."""
+    return [item["transfer_id"] for item in getattr(event, "transfers", [])]
+
+
+def version_creating(events: list[Any], transfer_id: str) -> int:
+    """The version of the event that created a transfer."""
+    return next(int(e.originator_version) for e in events if transfer_id in created_ids(e))
+
+
+def with_item(event: Any, index: int, **change: Any) -> Any:
+    """The event with one of its created transfers changed (the hash left as it was)."""
+    items = [dict(item) for item in event.transfers]
+    items[index].update(change)
+    return dataclasses.replace(event, transfers=items)
+
+
 # --------------------------------------------------------------------------- clean histories
 
 
@@ -134,6 +151,9 @@ def test_clean_history_verifies_and_recomputes_what_the_ledger_shows(
         assert transfer.reversed_by_transfer_id == transfer_view.reversed_by_transfer_id
     assert report.transfers["t4"].status == "expired"
     assert report.accounts["ann"].balance_minutes < report.accounts["ann"].lower_limit_minutes
+    # The linked batch was one event of two transfers, and was checked like the rest.
+    assert [created_ids(e) for e in events if len(created_ids(e)) > 1] == [["t5", "t6"]]
+    assert {"t5", "t6"} <= report.transfers.keys()
 
 
 def test_streaming_reports_at_each_step_what_a_whole_run_reports(
@@ -185,10 +205,10 @@ def test_recorded_events_verify_like_domain_events(ledger: Ledger, clock: Clock)
 def test_tampered_event_object_is_reported_at_its_version(ledger: Ledger, clock: Clock) -> None:
     everyday_history(ledger, clock)
     events = stored_events(ledger.store)
-    version = next(e.originator_version for e in events if getattr(e, "transfer_id", "") == "t1")
+    version = version_creating(events, "t1")
 
-    # Someone edits the memo of t1 in place, leaving its hash as it was.
-    events[version - 1] = dataclasses.replace(events[version - 1], memo="nothing happened")
+    # Someone edits the memo of t1 in place, leaving its event's hash as it was.
+    events[version - 1] = with_item(events[version - 1], 0, memo="nothing happened")
 
     report = verify(events)
     assert reasons(report) == [(version, Reason.CHAIN_BROKEN)]
@@ -198,21 +218,20 @@ def test_tampered_event_object_is_reported_at_its_version(ledger: Ledger, clock:
 def test_tampered_and_rehashed_event_breaks_the_next_link(ledger: Ledger, clock: Clock) -> None:
     everyday_history(ledger, clock)
     events = stored_events(ledger.store)
-    version = next(e.originator_version for e in events if getattr(e, "transfer_id", "") == "t1")
-    original = events[version - 1]
+    version = version_creating(events, "t1")
+    edited = with_item(events[version - 1], 0, amount_minutes=30)
 
     # A cleverer edit halves the amount and recomputes that event's own hash...
-    fields = {k: v for k, v in vars(original).items() if k not in invariants.ENVELOPE_KEYS}
-    fields["amount_minutes"] = 30
+    fields = {k: v for k, v in vars(edited).items() if k not in invariants.ENVELOPE_KEYS}
     rehashed = chain.next_hash(
         events[version - 2].chain_hash,
-        str(original.originator_id),
+        str(edited.originator_id),
         version,
-        "TransferCreated",
-        original.timestamp,
+        "TransfersCreated",
+        edited.timestamp,
         fields,
     )
-    events[version - 1] = dataclasses.replace(original, amount_minutes=30, chain_hash=rehashed)
+    events[version - 1] = dataclasses.replace(edited, chain_hash=rehashed)
 
     # ...so the event after it no longer follows: the first event the chain cannot vouch for.
     report = verify(events)
@@ -247,10 +266,10 @@ def test_modified_row_is_reported_at_its_version(tmp_path: Path) -> None:
         ).fetchone()
     connection.close()
     body = json.loads(state)
-    assert body["transfer_id"] == "t1"
+    assert [item["transfer_id"] for item in body["transfers"]] == ["t1"]
 
     # Someone with database access turns t1's 60 minutes into 6.
-    body["amount_minutes"] = 6
+    body["transfers"][0]["amount_minutes"] = 6
     changed = edit_rows(
         settings,
         "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = 5",
@@ -333,7 +352,8 @@ def test_garbage_is_reported_not_raised(ledger: Ledger, clock: Clock) -> None:
 
     # Not an event at all; then an event whose amount is text; then one without a zone.
     assert [v.reason for v in verifier.feed(object())] == [Reason.MALFORMED_EVENT]
-    broken = dataclasses.replace(events[4], amount_minutes="60")
+    assert created_ids(events[4]) == ["t1"]
+    broken = with_item(events[4], 0, amount_minutes="60")
     found = verifier.feed(broken)
     assert Reason.MALFORMED_EVENT in {v.reason for v in found}
     naive = dataclasses.replace(events[5], timestamp=T0.replace(tzinfo=None))
@@ -409,20 +429,14 @@ class History:
         pending: bool = False,
         deadline: datetime | None = None,
     ) -> int:
-        return self.craft(
-            Bank.TransferCreated,
-            transfer_id=transfer_id,
-            payer_account_id=payer,
-            payee_account_id=payee,
-            amount_minutes=amount,
-            memo="",
-            category="",
-            service_date="",
-            pending=pending,
-            timeout_seconds=0,
-            actor="",
-            deadline=deadline.isoformat(timespec="microseconds") if deadline else "",
+        """One transfer, alone in its event."""
+        return self.group(
+            item(transfer_id, payer, payee, amount, pending=pending, deadline=deadline)
         )
+
+    def group(self, *items: Any) -> int:
+        """Several transfers (items as the Bank records them, or anything else) in one event."""
+        return self.craft(Bank.TransfersCreated, transfers=list(items))
 
     def post(self, request_id: str, transfer_id: str, amount: int) -> int:
         return self.craft(
@@ -467,6 +481,31 @@ class History:
 
     def report(self) -> Report:
         return verify(self.events)
+
+
+def item(
+    transfer_id: str,
+    payer: str,
+    payee: str,
+    amount: int,
+    *,
+    pending: bool = False,
+    deadline: datetime | None = None,
+) -> dict[str, Any]:
+    """One created transfer as a TransfersCreated event holds it."""
+    return {
+        "transfer_id": transfer_id,
+        "payer_account_id": payer,
+        "payee_account_id": payee,
+        "amount_minutes": amount,
+        "memo": "",
+        "category": "",
+        "service_date": "",
+        "pending": pending,
+        "timeout_seconds": 0,
+        "actor": "",
+        "deadline": deadline.isoformat(timespec="microseconds") if deadline else "",
+    }
 
 
 def members() -> History:
@@ -620,6 +659,36 @@ def _closed_with_balance(h: History) -> int:
     )
 
 
+def _over_lower_in_group(h: History) -> int:
+    # 60 and then 41 in one event: the second takes Ann to -101.
+    return h.group(item("t1", "ann", "pool", 60), item("t2", "ann", "pool", 41))
+
+
+def _unknown_account_in_group(h: History) -> int:
+    # The second of three transfers pays an account the bank never opened.
+    return h.group(
+        item("t1", "ann", "bob", 5), item("t2", "bob", "ghost", 5), item("t3", "bob", "ann", 5)
+    )
+
+
+def _reused_transfer_id_in_group(h: History) -> int:
+    return h.group(item("t1", "ann", "bob", 10), item("t1", "ann", "bob", 10))
+
+
+def _closed_account_moves_in_group(h: History) -> int:
+    h.craft(
+        Bank.AccountStatusChanged,
+        request_id="r1",
+        account_id="bob",
+        action="close",
+        status="closed",
+        reason="",
+        actor="",
+    )
+    # The pool pays Ann, then Ann pays the closed account, in one event.
+    return h.group(item("t1", "pool", "ann", 10), item("t2", "ann", "bob", 10))
+
+
 @pytest.mark.parametrize(
     ("craft", "expected"),
     [
@@ -661,6 +730,22 @@ def _closed_with_balance(h: History) -> int:
         pytest.param(
             _closed_with_balance, {Reason.CLOSED_ACCOUNT_NOT_EMPTY}, id="closed-with-balance"
         ),
+        pytest.param(_over_lower_in_group, {Reason.EXCEEDS_LOWER_LIMIT}, id="group-below-lower"),
+        pytest.param(
+            _unknown_account_in_group,
+            {Reason.UNKNOWN_ACCOUNT, Reason.BALANCES_DO_NOT_SUM_TO_ZERO},
+            id="group-sum-not-zero",
+        ),
+        pytest.param(
+            _reused_transfer_id_in_group,
+            {Reason.DUPLICATE_TRANSFER_ID},
+            id="group-transfer-id-reused",
+        ),
+        pytest.param(
+            _closed_account_moves_in_group,
+            {Reason.CLOSED_ACCOUNT_CHANGED},
+            id="group-closed-account-moves",
+        ),
     ],
 )
 def test_crafted_violation_is_reported_at_its_version(craft: Craft, expected: set[Reason]) -> None:
@@ -675,6 +760,102 @@ def test_crafted_violation_is_reported_at_its_version(craft: Craft, expected: se
     assert all(v.detail for v in report.violations)
     # The verifier carries on: the report still covers the whole history.
     assert report.position == version
+
+
+def _without(name: str) -> dict[str, Any]:
+    return {k: v for k, v in item("t1", "ann", "bob", 10).items() if k != name}
+
+
+@pytest.mark.parametrize(
+    ("transfers", "detail"),
+    [
+        pytest.param([], "TransfersCreated has no transfers", id="empty"),
+        pytest.param("t1", "TransfersCreated.transfers is str", id="not-a-list"),
+        pytest.param(["t1"], "transfers[0]: is str, not an object", id="item-not-an-object"),
+        pytest.param(
+            [_without("transfer_id")], "transfers[0]: has no field 'transfer_id'", id="no-id"
+        ),
+        pytest.param(
+            [_without("payee_account_id")],
+            "transfers[0]: has no field 'payee_account_id'",
+            id="no-payee",
+        ),
+        pytest.param(
+            [_without("amount_minutes")],
+            "transfers[0]: has no field 'amount_minutes'",
+            id="no-amount",
+        ),
+        pytest.param(
+            [{**item("t1", "ann", "bob", 10), "amount_minutes": "10"}],
+            "transfers[0]: amount_minutes is str",
+            id="amount-as-text",
+        ),
+        pytest.param(
+            [{**item("t1", "ann", "bob", 10), "amount_minutes": True}],
+            "transfers[0]: amount_minutes is bool",
+            id="amount-as-bool",
+        ),
+        pytest.param(
+            [{**item("t1", "ann", "bob", 10), "pending": 0}],
+            "transfers[0]: pending is int",
+            id="pending-as-int",
+        ),
+        pytest.param(
+            [{**item("t1", "ann", "bob", 10), "deadline": None}],
+            "transfers[0]: deadline is NoneType",
+            id="deadline-none",
+        ),
+    ],
+)
+def test_a_malformed_transfer_group_is_reported_at_its_version(transfers: Any, detail: str) -> None:
+    history = members()
+    # A sound transfer, then a malformed group on a sound chain, then another sound transfer.
+    history.transfer("t0", "ann", "bob", 5)
+    version = history.craft(Bank.TransfersCreated, transfers=transfers)
+    history.transfer("t9", "ann", "bob", 5)
+
+    report = history.report()
+
+    # The malformed event is named at its own version, with what is wrong with it...
+    assert reasons(report) == [(version, Reason.MALFORMED_EVENT)]
+    assert report.violations[0].detail == detail
+    # ...nothing of it was applied, and the verifier carried on past it.
+    assert set(report.transfers) == {"t0", "t9"}
+    assert report.balances == {"ann": -10, "bob": 10, "pool": 0}
+    assert report.position == version + 1
+
+
+def test_a_malformed_item_does_not_hide_the_rest_of_its_group() -> None:
+    history = members()
+    bad = {**item("t2", "ann", "bob", 10), "payee_account_id": None}
+    # Three transfers in one event: a sound one, a malformed one, one past Ann's limit.
+    version = history.group(
+        item("t1", "ann", "bob", 10), bad, item("t3", "ann", "pool", 95, pending=True)
+    )
+
+    report = history.report()
+
+    # The malformed item is named by its index; its neighbours are applied and checked.
+    assert reasons(report) == [
+        (version, Reason.MALFORMED_EVENT),
+        (version, Reason.EXCEEDS_LOWER_LIMIT),
+    ]
+    assert report.violations[0].detail == "transfers[1]: payee_account_id is NoneType"
+    assert set(report.transfers) == {"t1", "t3"}
+    assert report.accounts["ann"].pending_debit_minutes == 95
+    assert report.balances == {"ann": -10, "bob": 10, "pool": 0}
+
+
+def test_a_limit_broken_inside_a_group_is_reported_though_a_later_item_mends_it() -> None:
+    history = members()
+    # Ann pays the pool 150 (50 past her limit), then the pool pays her 100 back, in one event.
+    version = history.group(item("t1", "ann", "pool", 150), item("t2", "pool", "ann", 100))
+
+    report = history.report()
+
+    # The bank checks each transfer against the balances the ones before it left: the verifier
+    # must too, or a group could hide an overdraft that two separate events would show.
+    assert reasons(report) == [(version, Reason.EXCEEDS_LOWER_LIMIT)]
 
 
 def test_lowering_a_limit_below_the_balance_is_not_a_violation() -> None:

@@ -10,6 +10,8 @@ import base64
 import random
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -42,9 +44,12 @@ from ledger.domain.errors import (
     PreconditionFailed,
     WriteConflict,
 )
+from ledger.domain.invariants import verify
 from ledger.domain.views import AccountView, BankView, BatchItemResult, TransferView
 
 BANK = "riverside"
+# How long a test waits for something the writer will do promptly; never reached when passing.
+WAIT_SECONDS = 10.0
 
 # The bank, its accounts in opening order, and each account's transfers newest first.
 Snapshot = tuple[BankView, list[AccountView], dict[str, list[TransferView]]]
@@ -139,6 +144,48 @@ def stored_versions(ledger: Ledger, bank_id: str = BANK) -> list[int]:
     ]
 
 
+def stored_events(ledger: Ledger, bank_id: str = BANK) -> list[Any]:
+    """The bank's history as the store holds it, as domain events."""
+    recorder, mapper = ledger.store.recorder, ledger.store.mapper
+    return [mapper.to_domain_event(s) for s in recorder.select_events(bank_uuid(bank_id))]
+
+
+def created_ids(events: list[Any]) -> list[str]:
+    """The ids of the transfers these events create (a TransfersCreated holds several)."""
+    return [
+        item["transfer_id"]
+        for event in events
+        if isinstance(event, Bank.TransfersCreated)
+        for item in event.transfers
+    ]
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll until `condition` holds; fail (not hang) if it never does."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+class HeldCommit:
+    """Holds the writer inside its next commit until `release` is set, so requests queue up."""
+
+    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+        recorder = ledger.store.recorder
+        insert = recorder.insert_events
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+        def held(stored_events: Any, **kwargs: Any) -> Any:
+            if not self.holding.is_set():
+                self.holding.set()
+                assert self.release.wait(WAIT_SECONDS), "the test never released the writer"
+            return insert(stored_events, **kwargs)
+
+        monkeypatch.setattr(recorder, "insert_events", held)
+
+
 def balance_of(ledger: Ledger, account_id: str) -> int:
     return ledger.get_account(BANK, account_id).balance_minutes
 
@@ -225,10 +272,19 @@ class TestLedgerOnEveryStore:
         assert balances == {"ann": -65, "bea": 20, "garden": 45}
         assert sum(balances.values()) == 0
         bank = ledger.get_bank(BANK)
-        assert (bank.account_count, bank.transfer_count, bank.position) == (3, 6, 15)
+        assert (bank.account_count, bank.transfer_count, bank.position) == (3, 6, 14)
         assert [t.transfer_id for t in all_transfers(ledger, "ann")] == ["g1", "r1", "h1", "t1"]
-        # The history has one event per change, contiguous, and replays to the same views.
+        # The history has one event per change (the batch's two transfers share one), is
+        # contiguous, verifies, and replays to the same views.
+        events = stored_events(ledger)
+        assert [created_ids([event]) for event in events if created_ids([event])] == [
+            ["t1"],
+            ["h1"],
+            ["h2"],
+            ["g1", "g2"],
+        ]
         assert stored_versions(ledger) == list(range(1, bank.position + 1))
+        assert verify(events).ok
         assert replayed(ledger) == snapshot(ledger)
 
     def test_requests_refused_before_the_writer_change_nothing(self, ledger: Ledger) -> None:
@@ -441,10 +497,20 @@ class TestLedgerOnEveryStore:
         assert recorded
         assert refusals
         assert resolutions
-        # The bank recorded exactly what was answered with success, once each.
+        # The bank recorded exactly what was answered with success, once each (transfers
+        # committed together may share an event; each resolution is an event of its own).
         bank = ledger.get_bank(BANK)
         assert bank.transfer_count == len(recorded)
-        assert bank.position == start_position + len(recorded) + len(resolutions)
+        events = stored_events(ledger)
+        assert sorted(created_ids(events)) == sorted(recorded)
+        resolved = [e for e in events if isinstance(e, Bank.PendingPosted | Bank.PendingVoided)]
+        assert sorted(e.request_id for e in resolved) == sorted(resolutions)
+        assert {type(e).__name__ for e in events[start_position:]} <= {
+            "TransfersCreated",
+            "PendingPosted",
+            "PendingVoided",
+        }
+        assert verify(events).ok
         # Balances sum to zero and no account is past a limit, counting its holds.
         accounts = all_accounts(ledger)
         assert sum(a.balance_minutes for a in accounts) == 0
@@ -455,6 +521,65 @@ class TestLedgerOnEveryStore:
             assert account.balance_minutes + account.pending_credit_minutes <= 50, account
         # The history replays to the same state.
         assert stored_versions(ledger) == list(range(1, bank.position + 1))
+        assert replayed(ledger) == snapshot(ledger)
+
+    def test_concurrent_transfers_are_committed_in_fewer_events(
+        self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        create_bank(ledger)
+        for name in ("ann", "bea", "cat"):
+            open_account(ledger, name, lower=-100, upper=None)
+        start_position = ledger.get_bank(BANK).position
+        answers: dict[str, Any] = {}
+
+        def send(name: str, command: BankCommand) -> threading.Thread:
+            def call() -> None:
+                try:
+                    answers[name] = ledger.execute(BANK, command)
+                except DomainError as error:
+                    answers[name] = error
+
+            thread = threading.Thread(target=call, name=name)
+            thread.start()
+            return thread
+
+        # The writer is held inside the commit of a first payment...
+        held = HeldCommit(ledger, monkeypatch)
+        threads = [send("t0", payment("t0", "ann", "bea", 1))]
+        assert held.holding.wait(WAIT_SECONDS)
+        # ...while forty payments arrive at once from forty threads, with one that Ann cannot
+        # afford and a retry of the first.
+        members = ["ann", "bea", "cat"]
+        for number in range(1, 41):
+            payer, payee = members[number % 3], members[(number + 1) % 3]
+            threads.append(send(f"t{number}", payment(f"t{number}", payer, payee, number % 5 + 1)))
+        threads.append(send("too-much", payment("x1", "ann", "bea", 1_000)))
+        threads.append(send("retry", payment("t0", "ann", "bea", 1)))
+        queue = ledger._writer(BANK)._queue
+        wait_until(lambda: queue.qsize() == len(threads) - 1)
+        held.release.set()
+        for thread in threads:
+            thread.join(WAIT_SECONDS)
+            assert not thread.is_alive(), f"{thread.name} got no answer"
+        # Every caller got its own answer: the refusal is named, the retry is the original.
+        refused_names = {n for n, a in answers.items() if isinstance(a, DomainError)}
+        assert refused_names == {"too-much"}
+        assert answers["too-much"].reason == "EXCEEDS_LOWER_LIMIT"
+        assert answers["retry"] == answers["t0"]
+        # Forty-one transfers were recorded, once each, in fewer events than transfers.
+        recorded = sorted(f"t{number}" for number in range(41))
+        events = stored_events(ledger)[start_position:]
+        assert sorted(created_ids(events)) == recorded
+        assert len(events) < len(recorded)
+        # Each caller was answered with what the bank shows and the history replays to.
+        for transfer_id in recorded:
+            assert answers[transfer_id] == ledger.get_transfer(BANK, transfer_id)
+        accounts = all_accounts(ledger)
+        assert sum(a.balance_minutes for a in accounts) == 0
+        bank = ledger.get_bank(BANK)
+        assert bank.transfer_count == len(recorded)
+        assert stored_versions(ledger) == list(range(1, bank.position + 1))
+        assert verify(stored_events(ledger)).ok
         assert replayed(ledger) == snapshot(ledger)
 
     def test_a_refused_batch_item_in_an_independent_batch_stands_alone(

@@ -136,8 +136,14 @@ def reason(answer: Any) -> str:
 
 
 def created_transfer_ids(ledger: Ledger, events: Sequence[StoredEvent]) -> list[str]:
+    """The ids of the transfers these stored events create (a TransfersCreated holds several)."""
     domain_events: list[Any] = [ledger.store.mapper.to_domain_event(s) for s in events]
-    return [e.transfer_id for e in domain_events if type(e).__name__ == "TransferCreated"]
+    return [
+        item["transfer_id"]
+        for event in domain_events
+        if isinstance(event, Bank.TransfersCreated)
+        for item in event.transfers
+    ]
 
 
 def stored_events(ledger: Ledger) -> list[StoredEvent]:
@@ -189,9 +195,10 @@ def test_a_failed_commit_answers_no_one_with_success(
     assert {name: reason(answers[name]) for name in batch} == dict.fromkeys(batch, "COMMIT_FAILED")
     assert all(isinstance(answers[name], Unavailable) for name in batch)
     # That batch held exactly the six payments Ann could make (the refusal and the retry
-    # record nothing).
+    # record nothing), grouped into one event.
     failed_ids = created_transfer_ids(ledger, gate.failed_events)
     assert sorted(failed_ids) == [f"t{n}" for n in range(1, 7)]
+    assert len(gate.failed_events) == 1
     # What the ledger shows now is what the store holds: nothing if the rows never got
     # there; all six if they did, although nobody was told.
     expected_ids = {"g1"} | ({f"t{n}" for n in range(1, 7)} if when == "after" else set())

@@ -238,6 +238,8 @@ class _Step:
     version: int
     touched: set[str] = field(default_factory=set)
     unknown: set[str] = field(default_factory=set)
+    # (account, reason) of the limits already reported: a group is checked after each transfer.
+    limits_reported: set[tuple[str, Reason]] = field(default_factory=set)
 
 
 class Verifier:
@@ -392,7 +394,7 @@ class Verifier:
         balance_sum_before = self._balance_sum_minutes
         handler(record, step)
         for account_id in sorted(step.touched):
-            self._check_limits(step.version, account_id, self._accounts[account_id])
+            self._check_limits(step, account_id)
         # Invariant 1, reported where the sum changed (not again at every later event).
         if self._balance_sum_minutes != balance_sum_before and self._balance_sum_minutes != 0:
             self._report(
@@ -401,19 +403,22 @@ class Verifier:
                 f"balances sum to {self._balance_sum_minutes} minutes",
             )
 
-    def _check_limits(self, version: int, account_id: str, account: AccountTotals) -> None:
+    def _check_limits(self, step: _Step, account_id: str) -> None:
         """Invariant 2 for one account, with the carve-out for limits changed under it."""
+        account = self._accounts[account_id]
         if account.pending_debit_minutes < 0 or account.pending_credit_minutes < 0:
-            self._report(
-                version,
+            self._report_limit(
+                step,
+                account_id,
                 Reason.NEGATIVE_PENDING,
                 f"account {account_id!r} has pending debits {account.pending_debit_minutes} and "
                 f"credits {account.pending_credit_minutes}",
             )
         floor = min(account.lower_limit_minutes, account.debit_exposure_at_limit_change_minutes)
         if account.debit_exposure_minutes < floor:
-            self._report(
-                version,
+            self._report_limit(
+                step,
+                account_id,
                 Reason.EXCEEDS_LOWER_LIMIT,
                 f"account {account_id!r}: balance minus pending debits is "
                 f"{account.debit_exposure_minutes}, below {floor}",
@@ -422,12 +427,19 @@ class Verifier:
             return
         ceiling = max(account.upper_limit_minutes, account.credit_exposure_at_limit_change_minutes)
         if account.credit_exposure_minutes > ceiling:
-            self._report(
-                version,
+            self._report_limit(
+                step,
+                account_id,
                 Reason.EXCEEDS_UPPER_LIMIT,
                 f"account {account_id!r}: balance plus pending credits is "
                 f"{account.credit_exposure_minutes}, above {ceiling}",
             )
+
+    def _report_limit(self, step: _Step, account_id: str, reason: Reason, detail: str) -> None:
+        """Report a limit once per account and event, however often the event crosses it."""
+        if (account_id, reason) not in step.limits_reported:
+            step.limits_reported.add((account_id, reason))
+            self._report(step.version, reason, detail)
 
     # ----------------------------------------------------------------- bank and accounts
 
@@ -502,6 +514,11 @@ class Verifier:
                 self._report(step.version, Reason.MALFORMED_EVENT, f"transfers[{index}]: {problem}")
             else:
                 self._transfer_created(item, step)
+                # The bank checks each transfer against the balances the ones before it left;
+                # checking only the end of the event would let a later item hide an overdraft.
+                legs = {item["payer_account_id"], item["payee_account_id"]} & step.touched
+                for account_id in sorted(legs):
+                    self._check_limits(step, account_id)
 
     def _transfer_created(self, f: Mapping[str, Any], step: _Step) -> None:
         transfer_id, amount = f["transfer_id"], f["amount_minutes"]
