@@ -1,6 +1,8 @@
 """Command line: `timebank-ledger serve` runs the gRPC server; `demo` walks through it.
 
     timebank-ledger serve [--address HOST:PORT]   # settings from LEDGER_* variables
+    timebank-ledger project [--projection NAME]...  # follow the log, keep the views up to date
+    timebank-ledger replay --projection NAME      # drop one view and rebuild it from event 1
     timebank-ledger demo  [--address HOST:PORT]   # a client: two members swap an hour and a half
 
 The demo uses fixed client-chosen ids, so running it twice records nothing new and prints
@@ -11,13 +13,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from types import FrameType
 
 import grpc
 
 from ledger import logs
-from ledger.config import Settings
+from ledger.config import ConfigError, Settings
 from timebank.ledger.v1 import ledger_pb2 as pb
 from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -27,6 +34,10 @@ demo_members = (("ana", "Ana"), ("ben", "Ben"))
 demo_lower_limit_minutes = -600
 demo_connect_timeout_seconds = 5.0
 demo_call_timeout_seconds = 10.0
+# A rebuild gives up after this long (at 50,000 events/s: 1.08 billion events).
+replay_time_limit_seconds = 6 * 3600.0
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,11 +45,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the gRPC server")
     serve_parser.add_argument("--address", help="host:port to listen on (LEDGER_GRPC_ADDRESS)")
+    project_parser = commands.add_parser(
+        "project", help="follow the event log and keep the views up to date until stopped"
+    )
+    project_parser.add_argument(
+        "--projection",
+        action="append",
+        dest="projections",
+        metavar="NAME",
+        help="a projection to run (repeat for several; default: all)",
+    )
+    replay_parser = commands.add_parser(
+        "replay", help="drop one projection's view and rebuild it from the first event"
+    )
+    replay_parser.add_argument("--projection", required=True, metavar="NAME")
     demo_parser = commands.add_parser("demo", help="walk through the API against a server")
     demo_parser.add_argument("--address", help="host:port of the server (LEDGER_GRPC_ADDRESS)")
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+        if args.command == "project":
+            logs.configure(settings.log_level)
+            return project(settings, args.projections or [], _stop_on_signal())
+        if args.command == "replay":
+            return replay(settings, args.projection)
+    except ConfigError as error:
+        print(f"timebank-ledger {args.command}: {error}", file=sys.stderr)
+        return 2
     if args.address:
         settings = dataclasses.replace(settings, grpc_address=args.address)
     if args.command == "serve":
@@ -53,6 +87,85 @@ def _serve(settings: Settings) -> int:
     logs.configure(settings.log_level)
     serve(settings)
     return 0
+
+
+def project(settings: Settings, names: Sequence[str], stopping: threading.Event) -> int:
+    """Follows the log with the named projections (all if none) until `stopping` is set."""
+    # Imported here so that `demo` needs neither the event store nor the projections.
+    from ledger import metrics
+    from ledger.application.store import LedgerStore
+    from projections.registry import ProjectionSet, projection_names
+
+    _check_durable(settings)
+    store = LedgerStore(env=settings.eventsourcing_env())
+    try:
+        projections = ProjectionSet.open(settings, store, names or projection_names)
+        exporter = None
+        try:
+            exporter = metrics.start_exporter(settings.metrics_address)
+            projections.start()
+            logs.event(
+                log,
+                "projections_started",
+                projections=",".join(projections.names),
+                metrics_port=exporter.port if exporter else None,
+            )
+            stopping.wait()
+        finally:
+            if exporter is not None:
+                exporter.close()
+            projections.close()
+            logs.event(log, "projections_stopped")
+    finally:
+        store.close()
+    return 0
+
+
+def replay(settings: Settings, name: str) -> int:
+    """Drops one projection's rows and rebuilds them from the first event; prints the rate."""
+    from ledger.application.store import LedgerStore
+    from projections.registry import ProjectionSet
+
+    _check_durable(settings)
+    store = LedgerStore(env=settings.eventsourcing_env())
+    try:
+        projections = ProjectionSet.open(settings, store, [name])
+        try:
+            started = time.monotonic()
+            applied = projections.rebuild(name, replay_time_limit_seconds)
+            seconds = time.monotonic() - started
+        finally:
+            projections.close()
+    finally:
+        store.close()
+    rate = applied / seconds if seconds > 0 else 0.0
+    print(
+        f"replayed projection {name}: {applied} events applied in {seconds:.3f} s"
+        f" ({rate:,.0f} events/s)"
+    )
+    return 0
+
+
+def _check_durable(settings: Settings) -> None:
+    if settings.database_url.startswith("memory:"):
+        raise ConfigError(
+            "memory:// keeps the events inside the serving process; set LEDGER_DATABASE_URL"
+            " to the sqlite or postgresql database the server writes"
+        )
+
+
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (handlers only install in the main thread)."""
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logs.event(log, "shutdown_requested", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, request_stop)
+    return stopping
 
 
 def demo(address: str) -> int:

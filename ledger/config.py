@@ -9,6 +9,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///timebank-ledger.sqlite3"
 
+# Where projections run: "in-process" follows the log in background threads of `serve`;
+# "off" serves the views but leaves following the log to `timebank-ledger project`.
+PROJECTIONS_MODES = ("in-process", "off")
+# A read that asks for a position waits at most this long for its view to get there.
+READ_WAIT_SECONDS_MAX = 10.0
+
 
 class ConfigError(ValueError):
     """A LEDGER_* setting has a value the service cannot use."""
@@ -35,6 +41,26 @@ class Settings:
     writer_timeout_seconds: float = 30.0
     # How often an idle writer wakes to expire pending transfers whose deadline passed.
     expiry_interval_seconds: float = 1.0
+    # Where the views (projections' tables) live; "" means in LEDGER_DATABASE_URL's database.
+    views_database_url: str = ""
+    # "in-process" or "off" (see PROJECTIONS_MODES).
+    projections: str = "in-process"
+    # How long a read asking for `min_position` may wait for its view, 0 to 10 seconds.
+    read_wait_seconds: float = 2.0
+    # HOST:PORT of the Prometheus exporter (port 0: any free port); "" or "off": none.
+    metrics_address: str = "127.0.0.1:9464"
+
+    def __post_init__(self) -> None:
+        if self.projections not in PROJECTIONS_MODES:
+            raise ConfigError(
+                f"LEDGER_PROJECTIONS {self.projections!r} is not one of {PROJECTIONS_MODES}"
+            )
+        if not 0 <= self.read_wait_seconds <= READ_WAIT_SECONDS_MAX:
+            raise ConfigError(
+                f"LEDGER_READ_WAIT_SECONDS {self.read_wait_seconds} is not between 0 and"
+                f" {READ_WAIT_SECONDS_MAX:g}"
+            )
+        host_port(self.metrics_address)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -64,15 +90,35 @@ class Settings:
                 expiry_interval_seconds=float(
                     get("EXPIRY_INTERVAL_SECONDS", str(cls.expiry_interval_seconds))
                 ),
+                views_database_url=get("VIEWS_DATABASE_URL", cls.views_database_url),
+                projections=get("PROJECTIONS", cls.projections).strip().lower(),
+                read_wait_seconds=float(get("READ_WAIT_SECONDS", str(cls.read_wait_seconds))),
+                metrics_address=get("METRICS_ADDRESS", cls.metrics_address).strip(),
             )
         except ValueError as error:
             raise ConfigError(f"bad LEDGER_* setting: {error}") from None
         settings.eventsourcing_env()  # fail at start-up, not at first request
+        eventsourcing_env(settings.views_url)  # the same URL forms name the views' database
         return settings
 
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing library's settings for this database URL."""
         return eventsourcing_env(self.database_url)
+
+    @property
+    def views_url(self) -> str:
+        """The views' database: LEDGER_VIEWS_DATABASE_URL, else the events' database."""
+        return self.views_database_url or self.database_url
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a HOST:PORT listen address; None when it is "" or "off" (disabled)."""
+    if address.strip().lower() in ("", "off"):
+        return None
+    host, separator, port = address.rpartition(":")
+    if not separator or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"address {address!r} is not HOST:PORT, '' or 'off'")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def eventsourcing_env(database_url: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from projections.db import Cursor
+from projections.db import Cursor, insert_rows, select_in, upsert_rows
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS view_banks ("
@@ -46,11 +46,46 @@ _DDL = (
 )
 _TABLES = ("view_banks", "view_accounts", "view_statement_entries", "view_open_holds")
 
-_ACCOUNT_COLUMNS = (
-    "bank_id, account_id, kind, status, lower_limit_minutes, upper_limit_minutes,"
-    " balance_minutes, pending_in_minutes, pending_out_minutes, given_minutes,"
-    " received_minutes, exchanges, entries, opened_at, last_activity_at, position"
+# view_accounts' columns with their types, in AccountRow's order.
+_ACCOUNT_TYPES = (
+    ("bank_id", "text"),
+    ("account_id", "text"),
+    ("kind", "text"),
+    ("status", "text"),
+    ("lower_limit_minutes", "bigint"),
+    ("upper_limit_minutes", "bigint"),
+    ("balance_minutes", "bigint"),
+    ("pending_in_minutes", "bigint"),
+    ("pending_out_minutes", "bigint"),
+    ("given_minutes", "bigint"),
+    ("received_minutes", "bigint"),
+    ("exchanges", "bigint"),
+    ("entries", "bigint"),
+    ("opened_at", "text"),
+    ("last_activity_at", "text"),
+    ("position", "bigint"),
 )
+_ACCOUNT_COLUMNS = ", ".join(name for name, _ in _ACCOUNT_TYPES)
+_HOLD_COLUMNS = (
+    "transfer_id, payer_account_id, payee_account_id, amount_minutes, memo, category, service_date"
+)
+_ENTRY_COLUMNS = (
+    "bank_id",
+    "account_id",
+    "seq",
+    "transfer_id",
+    "kind",
+    "counterparty_account_id",
+    "amount_minutes",
+    "balance_minutes",
+    "memo",
+    "category",
+    "service_date",
+    "recorded_at",
+    "position",
+)
+_HOLD_KEYED_COLUMNS = ("bank_id", *(name.strip() for name in _HOLD_COLUMNS.split(",")))
+_RELEASES = frozenset({"PendingPosted", "PendingVoided", "PendingExpired"})
 
 
 @dataclass(slots=True)
@@ -117,9 +152,67 @@ class _Batch:
         self.accounts: dict[tuple[str, str], AccountRow] = {}
         self.new_banks: list[tuple[Any, ...]] = []
         self.entries: list[tuple[Any, ...]] = []
+        # Holds created (a Hold) or released (None) in this batch, and the stored ones loaded.
         self.holds: dict[tuple[str, str], Hold | None] = {}
-        # Posted transfers created in this batch, for reversals later in the same batch.
-        self.posted: dict[tuple[str, str], tuple[str, str, int, str]] = {}
+        self.stored_holds: set[tuple[str, str]] = set()
+
+    def prefetch(self, events: Sequence[Any]) -> None:
+        """Load the stored rows the batch will change in a few queries, not one per row."""
+        accounts: dict[str, set[str]] = {}  # bank_uuid -> account ids
+        releases: dict[str, set[str]] = {}  # bank_uuid -> ids of held transfers resolved
+        for event in events:
+            name = type(event).__name__
+            bank_uuid = str(event.originator_id)
+            if name == "TransfersCreated":
+                ids = accounts.setdefault(bank_uuid, set())
+                for item in event.transfers:
+                    ids.add(item["payer_account_id"])
+                    ids.add(item["payee_account_id"])
+            elif name == "TransferReversed":
+                accounts.setdefault(bank_uuid, set()).update(
+                    (event.payer_account_id, event.payee_account_id)
+                )
+            elif name in ("AccountLimitsChanged", "AccountStatusChanged"):
+                accounts.setdefault(bank_uuid, set()).add(event.account_id)
+            elif name in _RELEASES:
+                releases.setdefault(bank_uuid, set()).add(event.transfer_id)
+        # Banks created in this batch are not stored yet, nor is anything of theirs.
+        for row in select_in(
+            self.cursor,
+            "SELECT bank_uuid, bank_id FROM view_banks WHERE",
+            (),
+            "bank_uuid",
+            sorted({*accounts, *releases}),
+        ):
+            self.bank_ids[str(row[0])] = str(row[1])
+        for bank_uuid, transfer_ids in releases.items():
+            bank_id = self.bank_ids.get(bank_uuid)
+            if bank_id is None:
+                continue
+            for row in select_in(
+                self.cursor,
+                f"SELECT {_HOLD_COLUMNS} FROM view_open_holds WHERE bank_id = ? AND",
+                (bank_id,),
+                "transfer_id",
+                sorted(transfer_ids),
+            ):
+                hold = self.holds[(bank_id, row[0])] = Hold(*row)
+                self.stored_holds.add((bank_id, row[0]))
+                accounts.setdefault(bank_uuid, set()).update(
+                    (hold.payer_account_id, hold.payee_account_id)
+                )
+        for bank_uuid, account_ids in accounts.items():
+            bank_id = self.bank_ids.get(bank_uuid)
+            if bank_id is None:
+                continue
+            for row in select_in(
+                self.cursor,
+                f"SELECT {_ACCOUNT_COLUMNS} FROM view_accounts WHERE bank_id = ? AND",
+                (bank_id,),
+                "account_id",
+                sorted(account_ids),
+            ):
+                self.accounts[(bank_id, row[1])] = AccountRow(*row)
 
     def bank_id(self, bank_uuid: str) -> str:
         bank_id = self.bank_ids.get(bank_uuid)
@@ -148,12 +241,13 @@ class _Batch:
         key = (bank_id, transfer_id)
         if key not in self.holds:
             rows = self.cursor.query(
-                "SELECT transfer_id, payer_account_id, payee_account_id, amount_minutes, memo,"
-                " category, service_date FROM view_open_holds"
+                f"SELECT {_HOLD_COLUMNS} FROM view_open_holds"
                 " WHERE bank_id = ? AND transfer_id = ?",
                 key,
             )
             self.holds[key] = Hold(*rows[0]) if rows else None
+            if rows:
+                self.stored_holds.add(key)
         hold = self.holds[key]
         assert hold is not None, f"transfer {transfer_id} of bank {bank_id} is not held"
         return hold
@@ -201,25 +295,18 @@ class _Batch:
             "INSERT INTO view_banks (bank_uuid, bank_id, name, created_at) VALUES (?, ?, ?, ?)",
             self.new_banks,
         )
-        cursor.executemany(
-            f"INSERT INTO view_accounts ({_ACCOUNT_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (bank_id, account_id) DO UPDATE SET status = excluded.status,"
-            " lower_limit_minutes = excluded.lower_limit_minutes,"
-            " upper_limit_minutes = excluded.upper_limit_minutes,"
-            " balance_minutes = excluded.balance_minutes,"
-            " pending_in_minutes = excluded.pending_in_minutes,"
-            " pending_out_minutes = excluded.pending_out_minutes,"
-            " given_minutes = excluded.given_minutes, received_minutes = excluded.received_minutes,"
-            " exchanges = excluded.exchanges, entries = excluded.entries,"
-            " last_activity_at = excluded.last_activity_at, position = excluded.position",
+        upsert_rows(
+            cursor,
+            "view_accounts",
+            _ACCOUNT_TYPES,
+            ("bank_id", "account_id"),
             [row.values() for row in self.accounts.values()],
         )
+        # Statement lines and new holds only ever append (their keys are new): bulk copies.
+        insert_rows(cursor, "view_statement_entries", _ENTRY_COLUMNS, self.entries)
         cursor.executemany(
-            "INSERT INTO view_statement_entries (bank_id, account_id, seq, transfer_id, kind,"
-            " counterparty_account_id, amount_minutes, balance_minutes, memo, category,"
-            " service_date, recorded_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self.entries,
+            "DELETE FROM view_open_holds WHERE bank_id = ? AND transfer_id = ?",
+            [key for key in self.stored_holds if self.holds[key] is None],
         )
         new_holds = [
             (
@@ -232,19 +319,10 @@ class _Batch:
                 h.category,
                 h.service_date,
             )
-            for (bank_id, _), h in self.holds.items()
-            if h is not None
+            for (bank_id, transfer_id), h in self.holds.items()
+            if h is not None and (bank_id, transfer_id) not in self.stored_holds
         ]
-        released = [key for key, h in self.holds.items() if h is None]
-        cursor.executemany(
-            "DELETE FROM view_open_holds WHERE bank_id = ? AND transfer_id = ?", released
-        )
-        cursor.executemany(
-            "INSERT INTO view_open_holds (bank_id, transfer_id, payer_account_id,"
-            " payee_account_id, amount_minutes, memo, category, service_date)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bank_id, transfer_id) DO NOTHING",
-            new_holds,
-        )
+        insert_rows(cursor, "view_open_holds", _HOLD_KEYED_COLUMNS, new_holds)
 
 
 class AccountsProjection:
@@ -262,6 +340,7 @@ class AccountsProjection:
 
     def apply(self, cursor: Cursor, events: Sequence[Any]) -> None:
         batch = _Batch(cursor)
+        batch.prefetch(events)
         for event in events:
             handler = getattr(self, f"_on_{type(event).__name__}", None)
             if handler is not None:

@@ -100,6 +100,71 @@ def _pg(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
+# Keys one "IN (...)" lookup names at most where the cursor has no array parameters (SQLite).
+keys_per_lookup_max = 500
+
+
+def insert_rows(cursor: Cursor, table: str, columns: Sequence[str], rows: Sequence[Params]) -> None:
+    """Append rows to a table: by COPY where the cursor offers it (PostgreSQL), else by
+    executemany. Only for rows that need no ON CONFLICT clause: a conflict fails the batch."""
+    if not rows:
+        return
+    copy_rows = getattr(cursor, "copy_rows", None)
+    if copy_rows is not None:
+        copy_rows(table, columns, rows)
+        return
+    placeholders = ", ".join("?" for _ in columns)
+    cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
+
+
+def upsert_rows(
+    cursor: Cursor,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    key_columns: Sequence[str],
+    rows: Sequence[Params],
+) -> None:
+    """Insert rows, or update every non-key column of the row with the same key. `columns`
+    are (name, SQL type) pairs. One statement for all rows where the cursor offers it
+    (PostgreSQL: arrays unnested), else executemany."""
+    if not rows:
+        return
+    upsert = getattr(cursor, "upsert_rows", None)
+    if upsert is not None:
+        upsert(table, columns, key_columns, rows)
+        return
+    names = [name for name, _ in columns]
+    cursor.executemany(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+        f" {_on_conflict_update(names, key_columns)}",
+        rows,
+    )
+
+
+def _on_conflict_update(names: Sequence[str], key_columns: Sequence[str]) -> str:
+    updates = ", ".join(f"{name} = excluded.{name}" for name in names if name not in key_columns)
+    return f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
+
+
+def select_in(
+    cursor: Cursor, select: str, params: Params, column: str, keys: Sequence[Any]
+) -> list[Row]:
+    """Rows of `select` (which ends in WHERE or AND) restricted to `column` IN keys: one
+    statement with an array where the cursor offers it (PostgreSQL), else chunks of IN lists."""
+    if not keys:
+        return []
+    select_any = getattr(cursor, "select_any", None)
+    if select_any is not None:
+        rows: list[Row] = select_any(f"{select} {column} = ANY(?)", params, keys)
+        return rows
+    rows = []
+    for start in range(0, len(keys), keys_per_lookup_max):
+        chunk = keys[start : start + keys_per_lookup_max]
+        marks = ", ".join("?" for _ in chunk)
+        rows += cursor.query(f"{select} {column} IN ({marks})", (*params, *chunk))
+    return rows
+
+
 class _PostgresCursor:
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._cursor = cursor
@@ -115,6 +180,34 @@ class _PostgresCursor:
     def query(self, statement: str, params: Params = ()) -> list[Row]:
         self._cursor.execute(_pg(statement), params, prepare=True)
         return list(self._cursor.fetchall())
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Params]) -> None:
+        """COPY rows into a table: far fewer round trips and less parsing than INSERTs."""
+        statement = pg_sql.SQL("COPY {} ({}) FROM STDIN").format(
+            pg_sql.Identifier(table), pg_sql.SQL(", ").join(map(pg_sql.Identifier, columns))
+        )
+        with self._cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def upsert_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        key_columns: Sequence[str],
+        rows: Sequence[Params],
+    ) -> None:
+        """One INSERT ... SELECT FROM unnest(column arrays) ... ON CONFLICT for all rows."""
+        names = [name for name, _ in columns]
+        arrays = ", ".join(f"?::{sql_type}[]" for _, sql_type in columns)
+        statement = (
+            f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
+            f" {_on_conflict_update(names, key_columns)}"
+        )
+        self.execute(statement, [list(values) for values in zip(*rows, strict=True)])
+
+    def select_any(self, statement: str, params: Params, keys: Sequence[Any]) -> list[Row]:
+        return self.query(statement, (*params, list(keys)))
 
 
 class PostgresViews:

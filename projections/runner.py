@@ -26,6 +26,13 @@ from projections.db import Cursor, ViewDatabase
 log = logging.getLogger(__name__)
 
 notifications_per_batch_max = 1_000
+# A batch also stops once its events' stored size passes this (one event always fits): a
+# grouped event holds up to 1,000 transfers, so a count of events alone bounds neither the
+# memory a batch takes nor the length of its transaction.
+batch_bytes_max = 16 * 1024 * 1024
+# A batch's first read of the log takes this many notifications; later reads as many as the
+# sizes seen so far suggest will fit.
+notifications_first_read = 10
 
 _TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_positions ("
@@ -135,9 +142,7 @@ class ProjectionRunner:
 
     def run_once(self) -> int:
         """Apply the next batch, if any; returns how many notifications it applied."""
-        notifications = self.store.recorder.select_notifications(
-            start=self._position + 1, limit=self.batch_max
-        )
+        notifications = self._read_batch()
         if not notifications:
             return 0
         events = [self.store.mapper.to_domain_event(n) for n in notifications]
@@ -173,6 +178,7 @@ class ProjectionRunner:
     def start(self, poll_interval_seconds: float = 0.02) -> None:
         """Follow the log in a background thread until stop()."""
         assert self._thread is None
+        self._stop.clear()
         self._thread = threading.Thread(
             target=self._follow,
             args=(poll_interval_seconds,),
@@ -214,6 +220,27 @@ class ProjectionRunner:
                 continue
             if applied == 0:
                 self._stop.wait(poll_interval_seconds)
+
+    def _read_batch(self) -> list[Any]:
+        """The notifications after the position: at most batch_max, and no more than fit in
+        batch_bytes_max (but at least one)."""
+        batch: list[Any] = []
+        size = 0
+        start = self._position + 1
+        wanted = min(notifications_first_read, self.batch_max)
+        while True:
+            page = self.store.recorder.select_notifications(start=start, limit=wanted)
+            for notification in page:
+                if batch and size + len(notification.state) > batch_bytes_max:
+                    return batch
+                size += len(notification.state)
+                batch.append(notification)
+            remaining = self.batch_max - len(batch)
+            if len(page) < wanted or remaining == 0:
+                return batch
+            start = page[-1].id + 1
+            fitting = (batch_bytes_max - size) * len(batch) // max(size, 1)
+            wanted = max(1, min(remaining, fitting))
 
     def _record_bank_versions(self, cursor: Cursor, events: Sequence[Any]) -> None:
         latest: dict[str, int] = {}

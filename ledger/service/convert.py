@@ -176,8 +176,8 @@ def bank(view: BankView) -> pb.Bank:
 def account(view: AccountView) -> pb.Account:
     message = pb.Account(
         account_id=view.account_id,
-        kind=_enum_to_proto(view.kind, account_kinds),
-        status=_enum_to_proto(view.status, account_statuses),
+        kind=enum_to_proto(view.kind, account_kinds),
+        status=enum_to_proto(view.status, account_statuses),
         lower_limit_minutes=view.lower_limit_minutes,
         balance_minutes=view.balance_minutes,
         pending_debit_minutes=view.pending_debit_minutes,
@@ -195,8 +195,8 @@ def account(view: AccountView) -> pb.Account:
 def transfer(view: TransferView) -> pb.Transfer:
     message = pb.Transfer(
         transfer_id=view.transfer_id,
-        kind=_enum_to_proto(view.kind, transfer_kinds),
-        status=_enum_to_proto(view.status, transfer_statuses),
+        kind=enum_to_proto(view.kind, transfer_kinds),
+        status=enum_to_proto(view.status, transfer_statuses),
         payer_account_id=view.payer_account_id,
         payee_account_id=view.payee_account_id,
         amount_minutes=view.amount_minutes,
@@ -247,7 +247,7 @@ def timestamp(moment: datetime) -> Timestamp:
     return message
 
 
-def _enum_to_proto(name: str, names: Mapping[Enum, str]) -> Enum:
+def enum_to_proto(name: str, names: Mapping[Enum, str]) -> Enum:
     for number, known in names.items():
         if known == name:
             return number

@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from ledger import logs
+from ledger import logs, metrics
 from ledger.application.ledger import Ledger
 from ledger.domain.commands import BankCommand, check_id
 from ledger.domain.errors import DomainError
@@ -46,12 +46,13 @@ Method = Callable[[Servicer, Request, grpc.ServicerContext], Response]
 
 
 def rpc(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request, Response]:
-    """Runs a servicer method: checks bank_id, logs the outcome, maps errors to statuses."""
+    """Runs a servicer method: checks bank_id, logs and counts the outcome, maps errors."""
+    name = method.__name__
 
     @functools.wraps(method)
     def call(self: Servicer, request: Request, context: grpc.ServicerContext) -> Response:
-        ids = {name: getattr(request, name, "") for name in _logged_ids}
-        with logs.bound(rpc=method.__name__, **{k: v for k, v in ids.items() if v}):
+        ids = {field: getattr(request, field, "") for field in _logged_ids}
+        with logs.bound(rpc=name, **{k: v for k, v in ids.items() if v}):
             started = time.monotonic()
             try:
                 check_id("bank_id", request.bank_id)
@@ -64,7 +65,7 @@ def rpc(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request
                     code=code.name,
                     reason=error.reason,
                     field=error.field,
-                    duration_ms=_ms_since(started),
+                    duration_ms=_finished(name, code, started),
                 )
                 context.abort_with_status(errors.to_status(error))
             except Exception:
@@ -73,17 +74,22 @@ def rpc(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request
                     "rpc_failed",
                     level=logging.ERROR,
                     exc_info=True,
-                    duration_ms=_ms_since(started),
+                    duration_ms=_finished(name, grpc.StatusCode.INTERNAL, started),
                 )
                 context.abort_with_status(errors.internal_status())
-            logs.event(log, "rpc_ok", level=logging.DEBUG, duration_ms=_ms_since(started))
+            duration_ms = _finished(name, grpc.StatusCode.OK, started)
+            logs.event(log, "rpc_ok", level=logging.DEBUG, duration_ms=duration_ms)
             return response
 
     return call
 
 
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 3)
+def _finished(method: str, code: grpc.StatusCode, started: float) -> float:
+    """Counts a finished call in the metrics; returns its duration in milliseconds."""
+    seconds = time.monotonic() - started
+    metrics.rpcs.labels(method=method, code=code.name).inc()
+    metrics.rpc_duration.labels(method=method).observe(seconds)
+    return round(seconds * 1000, 3)
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):

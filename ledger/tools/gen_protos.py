@@ -1,6 +1,6 @@
 """Regenerate the committed Python code for the protobuf API in `protos/`.
 
-    python -m ledger.tools.gen_protos           # rewrite timebank/**/*_pb2*.py[i]
+    python -m ledger.tools.gen_protos           # rewrite timebank/**/*_pb2*.py[i] from protos/
     python -m ledger.tools.gen_protos --check   # exit 1 if the committed files are stale
 
 Runs protoc from grpcio-tools with the mypy-protobuf plugins. Both are pinned exactly in
@@ -21,7 +21,6 @@ from pathlib import Path
 
 repo_root = Path(__file__).resolve().parents[2]
 protos_dir = repo_root / "protos"
-proto_files = ("timebank/ledger/v1/ledger.proto",)
 generated_suffixes = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
@@ -36,8 +35,13 @@ def plugin_path(name: str) -> str:
     return found
 
 
+def proto_files() -> list[str]:
+    """Every .proto file under protos/, relative to it, in a stable order."""
+    return sorted(path.relative_to(protos_dir).as_posix() for path in protos_dir.rglob("*.proto"))
+
+
 def generate(out_dir: Path) -> None:
-    """Writes the generated modules for every proto file under out_dir."""
+    """Writes the generated modules for every proto file in protos/ under out_dir."""
     well_known = importlib.resources.files("grpc_tools") / "_proto"
     args = [
         "grpc_tools.protoc",
@@ -49,7 +53,7 @@ def generate(out_dir: Path) -> None:
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        *(str(protos_dir / name) for name in proto_files),
+        *(str(protos_dir / name) for name in proto_files()),
     ]
     # In a child process: protoc's plugins chat on stderr, shown only if something fails.
     result = subprocess.run(

@@ -1,0 +1,178 @@
+"""The projections by name, and the set of runners one process keeps following the log.
+
+    accounts   per-account summaries and statements (projections/accounts.py)
+    reports    per-bank totals, zero-sum check, monthly and per-category figures
+               (projections/reports.py)
+
+`ProjectionSet` owns one ProjectionRunner per projection over one views database. In
+`serve` (LEDGER_PROJECTIONS=in-process) and in `timebank-ledger project` it follows the
+log in one background thread per projection, and after every batch (and every second
+when idle) exports the projection's position and lag as Prometheus gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from ledger import logs, metrics
+from ledger.application.store import LedgerStore
+from ledger.config import ConfigError, Settings
+from projections.accounts import AccountsProjection
+from projections.db import ViewDatabase, open_views
+from projections.reports import ReportsProjection
+from projections.runner import PositionMovedError, Projection, ProjectionRunner
+
+log = logging.getLogger(__name__)
+
+projection_factories: Mapping[str, Callable[[], Projection]] = {
+    "accounts": AccountsProjection,
+    "reports": ReportsProjection,
+}
+projection_names = tuple(projection_factories)
+
+# How often an idle follower looks for new events.
+poll_interval_seconds = 0.02
+# How often an idle follower refreshes its lag gauge (a busy one does after every batch).
+lag_refresh_interval_seconds = 1.0
+# How long a follower pauses after a failed batch (rolled back whole) before trying again.
+retry_pause_seconds = 1.0
+# How long stop() waits for each follower to finish its batch.
+stop_timeout_seconds = 30.0
+
+
+def make_projection(name: str) -> Projection:
+    factory = projection_factories.get(name)
+    if factory is None:
+        raise ConfigError(f"no projection {name!r}; there are {', '.join(projection_names)}")
+    return factory()
+
+
+class ProjectionSet:
+    """Runners for the named projections over one views database; follows the log on start()."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        views: ViewDatabase,
+        names: Sequence[str] = projection_names,
+        *,
+        owns_views: bool = False,
+    ) -> None:
+        assert names, "a projection set needs at least one projection"
+        self.store = store
+        self.views = views
+        self._owns_views = owns_views
+        self._runners = {
+            name: ProjectionRunner(store, views, make_projection(name)) for name in names
+        }
+        self._stop = threading.Event()
+        # Set to make an idle follower look at the log now rather than at its next poll.
+        self._wakeups = {name: threading.Event() for name in names}
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def open(
+        cls, settings: Settings, store: LedgerStore, names: Sequence[str] = projection_names
+    ) -> ProjectionSet:
+        """The set on the views database of settings (LEDGER_VIEWS_DATABASE_URL or the store's)."""
+        views = open_views(settings.views_url)
+        try:
+            return cls(store, views, names, owns_views=True)
+        except BaseException:
+            views.close()
+            raise
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._runners)
+
+    def runner(self, name: str) -> ProjectionRunner:
+        runner = self._runners.get(name)
+        assert runner is not None, f"projection {name!r} is not in this set ({self.names})"
+        return runner
+
+    # ----------------------------------------------------------------- rebuild
+
+    def rebuild(self, name: str, time_limit_seconds: float) -> int:
+        """Drop one projection's rows and apply the whole log again; returns events applied."""
+        runner = self.runner(name)
+        runner.reset()
+        applied = runner.run_until_caught_up(time_limit_seconds)
+        self._export(runner)
+        return applied
+
+    # ----------------------------------------------------------------- following
+
+    def start(self) -> None:
+        """Follow the log: one thread per projection, until stop()."""
+        assert not self._threads, "already started"
+        self._stop.clear()
+        for name in self._runners:
+            thread = threading.Thread(
+                target=self._follow, args=(name,), name=f"projection-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Makes idle followers look for new events at once (a reader is waiting for one)."""
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+
+    def refresh_metrics(self) -> None:
+        """Exports every projection's position and lag now (followers do it on their own)."""
+        for runner in self._runners.values():
+            self._export(runner)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout=stop_timeout_seconds)
+        self._threads.clear()
+
+    def close(self) -> None:
+        self.stop()
+        if self._owns_views:
+            self.views.close()
+
+    def _follow(self, name: str) -> None:
+        logs.event(log, "projection_following", projection=name)
+        refresh_at = 0.0
+        wakeup = self._wakeups[name]
+        while not self._stop.is_set():
+            runner = self._runners[name]
+            try:
+                applied = runner.run_once()
+                if applied or time.monotonic() >= refresh_at:
+                    self._export(runner)
+                    refresh_at = time.monotonic() + lag_refresh_interval_seconds
+            except PositionMovedError:
+                # Another process follows this projection too: carry on from where it got.
+                logs.event(log, "projection_position_moved", level=logging.WARNING, projection=name)
+                self._runners[name] = ProjectionRunner(self.store, self.views, runner.projection)
+                continue
+            except Exception:
+                logs.event(
+                    log,
+                    "projection_batch_failed",
+                    level=logging.ERROR,
+                    exc_info=True,
+                    projection=name,
+                )
+                self._stop.wait(retry_pause_seconds)
+                continue
+            if applied == 0 and wakeup.wait(poll_interval_seconds):
+                wakeup.clear()
+        logs.event(
+            log, "projection_stopped", projection=name, position=self._runners[name].position
+        )
+
+    @staticmethod
+    def _export(runner: ProjectionRunner) -> None:
+        name = runner.projection.name
+        metrics.projection_position.labels(projection=name).set(runner.position)
+        metrics.projection_lag.labels(projection=name).set(runner.lag_events())
