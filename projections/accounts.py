@@ -69,20 +69,21 @@ _ACCOUNT_COLUMNS = ", ".join(name for name, _ in _ACCOUNT_TYPES)
 _HOLD_COLUMNS = (
     "transfer_id, payer_account_id, payee_account_id, amount_minutes, memo, category, service_date"
 )
-_ENTRY_COLUMNS = (
-    "bank_id",
-    "account_id",
-    "seq",
-    "transfer_id",
-    "kind",
-    "counterparty_account_id",
-    "amount_minutes",
-    "balance_minutes",
-    "memo",
-    "category",
-    "service_date",
-    "recorded_at",
-    "position",
+# view_statement_entries' columns with their types, in the order of a _Batch entry.
+_ENTRY_TYPES = (
+    ("bank_id", "text"),
+    ("account_id", "text"),
+    ("seq", "int8"),
+    ("transfer_id", "text"),
+    ("kind", "text"),
+    ("counterparty_account_id", "text"),
+    ("amount_minutes", "int8"),
+    ("balance_minutes", "int8"),
+    ("memo", "text"),
+    ("category", "text"),
+    ("service_date", "text"),
+    ("recorded_at", "text"),
+    ("position", "int8"),
 )
 _HOLD_KEYED_COLUMNS = ("bank_id", *(name.strip() for name in _HOLD_COLUMNS.split(",")))
 _RELEASES = frozenset({"PendingPosted", "PendingVoided", "PendingExpired"})
@@ -303,7 +304,13 @@ class _Batch:
             [row.values() for row in self.accounts.values()],
         )
         # Statement lines and new holds only ever append (their keys are new): bulk copies.
-        insert_rows(cursor, "view_statement_entries", _ENTRY_COLUMNS, self.entries)
+        insert_rows(
+            cursor,
+            "view_statement_entries",
+            [name for name, _ in _ENTRY_TYPES],
+            self.entries,
+            [sql_type for _, sql_type in _ENTRY_TYPES],
+        )
         cursor.executemany(
             "DELETE FROM view_open_holds WHERE bank_id = ? AND transfer_id = ?",
             [key for key in self.stored_holds if self.holds[key] is None],
