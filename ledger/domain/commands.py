@@ -46,6 +46,13 @@ def check_text(field: str, value: str, length_max: int, *, required: bool = Fals
         )
     if any(ord(c) < 32 and c not in "\t\n" for c in value):
         raise InvalidInput("INVALID_CHARACTERS", f"{field} holds control characters", field=field)
+    try:
+        # Lone surrogates cannot be hashed into the chain or stored as UTF-8.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            "INVALID_CHARACTERS", f"{field} is not valid Unicode text", field=field
+        ) from None
 
 
 def check_amount(field: str, amount_minutes: int) -> None:
