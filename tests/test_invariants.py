@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ledger.domain.commands import (
     ReverseTransfer,
     VoidPending,
 )
+from ledger.domain.errors import DomainError
 from ledger.domain.invariants import Reason, RecordedEvent, Report, Verifier, Violation, verify
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
@@ -197,6 +199,48 @@ def test_recorded_events_verify_like_domain_events(ledger: Ledger, clock: Clock)
     records = [RecordedEvent.of(event) for event in events]
 
     assert verify(records) == verify(events)
+
+
+def test_history_written_by_concurrent_callers_verifies(clock: Clock) -> None:
+    # The writer waits a moment to gather requests, so concurrent commands share a commit
+    # and their new transfers share TransfersCreated events.
+    ledger = Ledger(Settings(database_url="memory://", writer_batch_wait_seconds=0.2), clock=clock)
+    ledger.create_bank(CreateBank(bank_id="b1", name="Busy bank"))
+    members = [f"m{i}" for i in range(6)]
+    payments = [(f"t{i}", members[i % 6], members[(i * 5 + 1) % 6], 1 + i % 7) for i in range(30)]
+    commands: list[Any] = [OpenAccount(m, "member", lower_limit_minutes=-10_000) for m in members]
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        list(pool.map(lambda c: ledger.execute("b1", c), commands))
+        # Each payment twice (a client retrying at once), and some that must be refused.
+        commands = [CreateTransfer(t, payer, payee, n) for t, payer, payee, n in payments] * 2
+        commands += [CreateTransfer(f"x{i}", "m0", "nobody", 5) for i in range(5)]
+        outcomes = list(pool.map(lambda c: _outcome(ledger, c), commands))
+    events = stored_events(ledger.store)
+    bank = ledger.get_bank("b1")
+    ledger.close()
+
+    # Every payment was recorded once, whichever copy came first; the strangers were refused.
+    assert outcomes.count("ACCOUNT_NOT_FOUND") == 5
+    assert outcomes.count("ok") == 2 * len(payments)
+    report = verify(events)
+    assert report.ok, report.violations
+    assert (report.position, report.chain_head) == (bank.position, bank.chain_head)
+    expected: dict[str, int] = dict.fromkeys(members, 0)
+    for _, payer, payee, amount in payments:
+        expected[payer] -= amount
+        expected[payee] += amount
+    assert report.balances == expected
+    assert set(report.transfers) == {t for t, *_ in payments}
+    # And the commands really were grouped: fewer events than transfers.
+    assert len([e for e in events if created_ids(e)]) < len(payments)
+
+
+def _outcome(ledger: Ledger, command: CreateTransfer) -> str:
+    try:
+        ledger.execute("b1", command)
+    except DomainError as error:
+        return error.reason
+    return "ok"
 
 
 # --------------------------------------------------------------------------- the history itself
