@@ -1,13 +1,21 @@
 """Load tests for the ledger's write path: an open-loop generator, scenarios and baselines.
 
-Run everything (about 10 minutes; fresh PostgreSQL schema per server, dropped afterwards):
+Run everything once (about 5 minutes; a fresh PostgreSQL schema per server, dropped after):
 
     .venv/bin/python -m load_tests.run --json load_tests/results.json
 
-A one-minute smoke run, or a few seconds of one scenario:
+The run recorded in RESULTS.md (three repeats, py-spy profiles; about 14 minutes):
+
+    .venv/bin/python -m load_tests.run --repeat 3 --profile uniform,batch --quiet-wait 20 \
+        --json load_tests/results.json
+
+A one-minute smoke run, or about 15 seconds of one scenario:
 
     .venv/bin/python -m load_tests.run --quick
     .venv/bin/python -m load_tests.run --quick --scenarios batch --duration 2
+
+LEDGER_* variables set in the caller's environment reach every ledger server (and are
+recorded in the JSON), e.g. LEDGER_PROJECTIONS=off to measure without in-process projections.
 
 Modules:
 

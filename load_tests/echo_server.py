@@ -24,10 +24,8 @@ import grpc
 
 from ledger.config import Settings
 from ledger.service.server import rpcs_per_worker_max
+from load_tests.workload import echo_method_name, echo_service_name
 
-service_name = "load_tests.v1.EchoService"
-method_name = "Echo"
-method_path = f"/{service_name}/{method_name}"
 # An echo server has nothing to finish; this only lets in-flight replies go out.
 shutdown_grace_seconds = 1.0
 
@@ -48,7 +46,7 @@ def create_server(settings: Settings) -> tuple[grpc.Server, int]:
     )
     # No serializers: the handler gets and returns raw bytes.
     handler = grpc.method_handlers_generic_handler(
-        service_name, {method_name: grpc.unary_unary_rpc_method_handler(echo)}
+        echo_service_name, {echo_method_name: grpc.unary_unary_rpc_method_handler(echo)}
     )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(settings.grpc_address)

@@ -6,6 +6,7 @@ its own slowness (no coordinated omission). Latency runs from the scheduled time
 `in_flight_max` calls are outstanding; a call due while the cap is reached is not sent and
 counts as dropped, and so does every call still unsent a second after the schedule ended.
 A call sent more than `late_ms` after its time counts as late (the generator fell behind).
+The achieved rate counts the OK responses that arrived within the schedule's duration.
 
 Each generator process (`GeneratorPool`) runs its own asyncio loop and grpc.aio channel,
 builds and serializes all its calls before the clock starts, waits for the parent's common
@@ -60,15 +61,11 @@ class GeneratorPlan:
     # This process's first call is due this long after the common start (interleaving).
     offset_seconds: float
     duration_seconds: float
-    calls_max: int
+    call_count: int
     in_flight_max: int
     call_timeout_seconds: float
     id_prefix: str
     seed: int
-
-    @property
-    def call_count(self) -> int:
-        return min(self.calls_max, int(self.calls_per_second * self.duration_seconds))
 
 
 class GeneratorError(RuntimeError):
@@ -93,6 +90,7 @@ def split(
     assert calls_per_second > 0
     assert duration_seconds > 0
     assert in_flight_max >= processes, "each process needs at least one call in flight"
+    calls = min(calls_max, round(calls_per_second * duration_seconds))
     return [
         GeneratorPlan(
             address=address,
@@ -100,7 +98,7 @@ def split(
             calls_per_second=calls_per_second / processes,
             offset_seconds=index / calls_per_second,
             duration_seconds=duration_seconds,
-            calls_max=max(1, calls_max // processes),
+            call_count=calls // processes + (index < calls % processes),
             in_flight_max=in_flight_max // processes + (index < in_flight_max % processes),
             call_timeout_seconds=call_timeout_seconds,
             id_prefix=f"{id_prefix}g{index}",
@@ -119,12 +117,13 @@ async def drive(
     """Sends `calls` on the schedule starting at loop time t0; returns what came back."""
     loop = asyncio.get_running_loop()
     interval = 1.0 / plan.calls_per_second
-    send_until = t0 + plan.offset_seconds + plan.duration_seconds + overrun_seconds_max
+    window_end = t0 + plan.duration_seconds
+    send_until = window_end + overrun_seconds_max
     # No serializers: the payloads are bytes already, and responses stay bytes.
     methods = {call.op: channel.unary_unary(op_paths[call.op], None, None) for call in calls}
     outcome = GeneratorOutcome(scheduled=len(calls))
     in_flight = 0
-    last_done = t0
+    last_done = window_end
     tasks: set[asyncio.Task[None]] = set()
 
     async def send(call: Call, scheduled: float) -> None:
@@ -134,10 +133,14 @@ async def drive(
         except grpc.aio.AioRpcError as error:
             outcome.statuses[error.code().name] += 1
         else:
+            done = loop.time()
             outcome.statuses["OK"] += 1
-            latency_ms = (loop.time() - scheduled) * 1000.0
-            outcome.latencies_ms.setdefault(call.op, []).append(latency_ms)
-            outcome.ok_transfers += transfers_recorded(call.op, response, outcome.item_errors)
+            outcome.latencies_ms.setdefault(call.op, []).append((done - scheduled) * 1000.0)
+            transfers = transfers_recorded(call.op, response, outcome.item_errors)
+            outcome.ok_transfers += transfers
+            if done <= window_end:
+                outcome.ok_calls_in_window += 1
+                outcome.ok_transfers_in_window += transfers
         finally:
             in_flight -= 1
             last_done = max(last_done, loop.time())
@@ -173,7 +176,7 @@ async def drive(
         if unfinished:
             outcome.statuses["UNFINISHED"] += len(unfinished)
         await asyncio.gather(*unfinished, return_exceptions=True)
-    outcome.window_seconds = last_done - t0
+    outcome.drain_seconds = max(0.0, last_done - window_end)
     outcome.cpu_seconds = time.process_time() - cpu_started
     return outcome
 

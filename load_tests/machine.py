@@ -13,6 +13,8 @@ from load_tests.servers import postgres_facts
 
 _command_timeout_seconds = 10.0
 repository = Path(__file__).resolve().parent.parent
+# What the server runs, besides its installed dependencies.
+server_paths = ("ledger", "projections", "timebank", "pyproject.toml")
 
 
 def facts(database_url: str) -> dict[str, Any]:
@@ -20,6 +22,10 @@ def facts(database_url: str) -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": _output(["git", "-C", str(repository), "log", "-1", "--format=%h"]),
         "git_dirty": bool(_output(["git", "-C", str(repository), "status", "--porcelain"])),
+        # Uncommitted changes to the server's code, which the commit alone does not describe.
+        "server_code_changes": _output(
+            ["git", "-C", str(repository), "status", "--porcelain", "--", *server_paths]
+        ).splitlines(),
         "nproc": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "memory": _output(["free", "-h"]),
@@ -47,4 +53,4 @@ def _output(command: list[str]) -> str:
         )
     except (OSError, subprocess.TimeoutExpired):
         return "?"
-    return done.stdout.strip()
+    return done.stdout.rstrip()

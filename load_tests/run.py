@@ -13,7 +13,7 @@ peak then gives the latency the targets speak of. `--repeat N` repeats the whole
 
 Scenarios: echo (baseline a, bare gRPC echo), uniform, hot, batch, mixed, naive (baseline b:
 the uniform scenario on a ledger with LEDGER_WRITER_BATCH_MAX=1). `--quick` is a one-minute
-smoke run; `--quick --scenarios batch --duration 2` takes a few seconds.
+smoke run; `--quick --scenarios batch --duration 2` takes about 15 seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -42,9 +43,12 @@ from load_tests.servers import (
     cpu_percent,
     echo_command,
     ledger_command,
+    log_events,
     postgres_schema,
     running,
     sample_cpu,
+    server_backends,
+    snapshot_code,
 )
 from load_tests.stats import StepSummary, merge
 from load_tests.workload import Kind, Workload, bank_transfer_count, prepare_bank
@@ -56,6 +60,14 @@ batch_transfers_per_second_min = 30_000
 half_peak_p99_ms_max = 20.0
 # A step keeps up when it achieves this share of the offered rate with no errors.
 achieved_ratio_min = 0.95
+
+# --quiet-wait: the machine counts as idle below this CPU use (percent of one core).
+quiet_busy_percent_max = 25.0
+quiet_sample_seconds = 1.0
+
+# Every ledger server gets these (on top of the caller's LEDGER_* variables): a free port
+# for its Prometheus exporter, so that it cannot clash with another server on the machine.
+ledger_env = {"LEDGER_METRICS_ADDRESS": "127.0.0.1:0"}
 
 database_url_default = "postgresql://postgres@127.0.0.1:5432/test"
 bank_id = "load-bank"
@@ -88,7 +100,7 @@ scenarios = {
         Scenario("uniform", "uniform", "CreateTransfer, random member pairs", 100),
         Scenario("hot", "hot", "CreateTransfer, pool account on every transfer", 100),
         Scenario(
-            "batch", "batch", "CreateTransfers, 100 per request", 5, transfers_per_request=100
+            "batch", "batch", "CreateTransfers, 100 per request", 10, transfers_per_request=100
         ),
         Scenario(
             "mixed",
@@ -126,7 +138,10 @@ class Options:
     log_dir: Path
     profile: tuple[str, ...]
     profile_seconds: int
+    quiet_wait_seconds: float
     json_path: Path | None
+    # The code servers run: a snapshot taken at the start, or None for the working tree.
+    code: Path | None = None
 
 
 @dataclass
@@ -137,7 +152,13 @@ class ScenarioRun:
     half: StepSummary | None = None
     profiles: dict[str, Any] = field(default_factory=dict)
     bank_check: dict[str, Any] = field(default_factory=dict)
+    server_log: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+
+    @property
+    def saturated(self) -> bool:
+        """Some step fell behind; if none did, the peak is only a lower bound."""
+        return any(not step.keeps_up(achieved_ratio_min) for step in self.steps)
 
     @property
     def peak(self) -> StepSummary | None:
@@ -149,10 +170,12 @@ class ScenarioRun:
             "scenario": self.scenario,
             "repeat": self.repeat,
             "peak": peak.to_json() if peak else None,
+            "saturated": self.saturated,
             "half_peak": half.to_json() if half else None,
             "steps": [step.to_json() for step in self.steps],
             "profiles": self.profiles,
             "bank_check": self.bank_check,
+            "server_log": self.server_log,
             "error": self.error,
         }
 
@@ -171,31 +194,51 @@ def run_scenario(scenario: Scenario, options: Options, repeat: int) -> ScenarioR
         read_fraction=scenario.read_fraction,
     )
     log_path = options.log_dir / f"{scenario.name}-{repeat}.server.log"
+    if options.quiet_wait_seconds > 0:
+        _wait_for_quiet(scenario, options.quiet_wait_seconds)
     try:
         with ExitStack() as stack:
             if scenario.on_echo:
-                server = stack.enter_context(running(echo_command(), {}, log_path))
+                echo = running(echo_command(), {}, log_path, options.code)
+                server = stack.enter_context(echo)
             else:
                 url = stack.enter_context(postgres_schema(options.database_url))
-                env = {"LEDGER_DATABASE_URL": url, **scenario.server_env}
-                server = stack.enter_context(running(ledger_command(), env, log_path))
+                env = {"LEDGER_DATABASE_URL": url, **ledger_env, **scenario.server_env}
+                server = stack.enter_context(running(ledger_command(), env, log_path, options.code))
                 asyncio.run(prepare_bank(server.address, workload))
             pool = stack.enter_context(GeneratorPool(options.generators))
-            step = _Stepper(pool, server, workload, options, f"r{repeat}")
+            step = _Stepper(pool, server, workload, options, repeat)
             _find_peak(scenario, step, options, result)
             peak = result.peak
             if peak is not None and peak.achieved_calls_per_second > 0:
                 half_rate = peak.achieved_calls_per_second / 2
                 result.half = step(half_rate, options.half_seconds, "half peak")
                 _report(scenario, result.half)
-                if scenario.name in options.profile:
+                if scenario.name in options.profile and repeat == 0:
                     result.profiles = _profile(scenario, step, peak, options, repeat)
             if not scenario.on_echo:
-                result.bank_check = _bank_check(server, result)
+                result.bank_check = _bank_check(step)
     except Exception:
         result.error = traceback.format_exc()
         print(f"{scenario.name}: FAILED\n{result.error}", file=sys.stderr)
+    result.server_log = log_events(log_path)
+    if result.server_log:
+        print(f"{scenario.name:8} server log events: {result.server_log}")
     return result
+
+
+def _wait_for_quiet(scenario: Scenario, seconds_max: float) -> None:
+    """Waits (at most seconds_max) until the machine was nearly idle for one second."""
+    started = time.monotonic()
+    busy = math.nan
+    while time.monotonic() - started < seconds_max:
+        before = sample_cpu(os.getpid())
+        time.sleep(quiet_sample_seconds)
+        busy = cpu_percent(before, sample_cpu(os.getpid()), 0.0)["machine_busy"]
+        if busy <= quiet_busy_percent_max:
+            break
+    waited = time.monotonic() - started
+    print(f"{scenario.name:8} waited {waited:.0f} s for a quiet machine (busy {busy:.0f}%)")
 
 
 class _Stepper:
@@ -207,11 +250,14 @@ class _Stepper:
         server: RunningServer,
         workload: Workload,
         options: Options,
-        prefix: str,
+        repeat: int,
     ) -> None:
         self.pool, self.server, self.workload, self.options = pool, server, workload, options
-        self._prefix = prefix
+        self._repeat = repeat
         self._count = 0
+        # Over every step so far: what the server acknowledged, and calls it did not.
+        self.acknowledged_transfers = 0
+        self.calls_without_ok = 0
 
     def __call__(
         self,
@@ -231,18 +277,21 @@ class _Stepper:
             calls_max=options.calls_per_step_max,
             in_flight_max=options.in_flight_max,
             call_timeout_seconds=options.call_timeout_seconds,
-            id_prefix=f"{self._prefix}s{self._count}",
-            seed=hash((self._prefix, self._count)) % 1_000_000,
+            id_prefix=f"r{self._repeat}s{self._count}",
+            seed=self._repeat * 1000 + self._count,
         )
         started = []
+        backends = frozenset[int]()
+        if self.workload.kind != "echo":
+            backends = server_backends(self.server.pid, options.database_url)
 
         def start() -> None:
-            started.append(sample_cpu(self.server.pid))
+            started.append(sample_cpu(self.server.pid, backends))
             if on_start is not None:
                 on_start()
 
         outcomes = self.pool.run(plans, on_start=start)
-        ended = sample_cpu(self.server.pid)
+        ended = sample_cpu(self.server.pid, backends)
         summary = merge(
             label,
             outcomes,
@@ -252,6 +301,8 @@ class _Stepper:
         )
         generator_seconds = sum(outcome.cpu_seconds for outcome in outcomes)
         summary.cpu_percent = cpu_percent(started[0], ended, generator_seconds)
+        self.acknowledged_transfers += summary.ok_transfers
+        self.calls_without_ok += summary.error_calls
         return summary
 
 
@@ -323,46 +374,17 @@ def _profile(
     return summaries
 
 
-def _bank_check(server: RunningServer, result: ScenarioRun) -> dict[str, Any]:
+def _bank_check(step: _Stepper) -> dict[str, Any]:
     """Every acknowledged transfer must be recorded (more may be, from unanswered calls)."""
-    steps = [*result.steps, *([result.half] if result.half else [])]
-    for profile in result.profiles.values():
-        if isinstance(profile, dict) and "load" in profile:
-            steps.append(_summary_from_json(profile["load"]))
-    acknowledged = sum(step.ok_transfers for step in steps)
-    unanswered = sum(step.error_calls for step in steps)
-    recorded = asyncio.run(bank_transfer_count(server.address, bank_id))
+    acknowledged = step.acknowledged_transfers
+    recorded = asyncio.run(bank_transfer_count(step.server.address, bank_id))
     verdict = "ok" if recorded == acknowledged else "LOST" if recorded < acknowledged else "extra"
     return {
         "acknowledged_transfers": acknowledged,
         "recorded_transfers": recorded,
-        "calls_without_ok": unanswered,
+        "calls_without_ok": step.calls_without_ok,
         "verdict": verdict,
     }
-
-
-def _summary_from_json(data: dict[str, Any]) -> StepSummary:
-    # Only what _bank_check needs.
-    return StepSummary(
-        label=data["label"],
-        offered_calls_per_second=0.0,
-        transfers_per_call=0.0,
-        duration_seconds=0.0,
-        window_seconds=0.0,
-        scheduled=0,
-        sent=0,
-        dropped=0,
-        late=0,
-        ok_calls=data["ok_calls"],
-        error_calls=data["error_calls"],
-        ok_transfers=data["ok_transfers"],
-        statuses={},
-        item_errors={},
-        achieved_calls_per_second=0.0,
-        achieved_transfers_per_second=0.0,
-        latency_ms={},
-        latency_ms_by_op={},
-    )
 
 
 def _report(scenario: Scenario, step: StepSummary) -> None:
@@ -396,10 +418,24 @@ def summarise(runs: Sequence[ScenarioRun]) -> dict[str, dict[str, Any]]:
         halves = [run.half for run in done if run.half is not None]
         summary[name] = {
             "repeats": len(done),
+            "saturated": all(run.saturated for run in done),
             "peak_calls_per_second": _spread([p.achieved_calls_per_second for p in peaks]),
             "peak_transfers_per_second": _spread([p.achieved_transfers_per_second for p in peaks]),
+            # For ratios between scenarios measured close in time (noise on a shared machine).
+            "by_repeat": {
+                run.repeat: {
+                    "peak_calls_per_second": run.peak.achieved_calls_per_second,
+                    "peak_transfers_per_second": run.peak.achieved_transfers_per_second,
+                }
+                for run in done
+                if run.peak is not None
+            },
             "peak_offered_calls_per_second": _spread([p.offered_calls_per_second for p in peaks]),
             "peak_p99_ms": _spread([p.latency_ms["p99"] for p in peaks]),
+            "peak_cpu_percent": {
+                part: _spread([p.cpu_percent.get(part, math.nan) for p in peaks])
+                for part in ("server", "postgres", "generators", "other")
+            },
             "half_calls_per_second": _spread([h.offered_calls_per_second for h in halves]),
             "half_p50_ms": _spread([h.latency_ms["p50"] for h in halves]),
             "half_p99_ms": _spread([h.latency_ms["p99"] for h in halves]),
@@ -424,7 +460,11 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each with what was measured (medians) and whether it was met."""
+    """The issue's targets, each with what was measured (medians) and whether it was met.
+
+    Ratios between scenarios are taken within each repeat, then their median: two scenarios
+    of one repeat ran minutes apart, so they share the machine's load more than medians do.
+    """
 
     def median(name: str, key: str) -> float | None:
         value = summary.get(name, {}).get(key, {}).get("median")
@@ -442,16 +482,21 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         }
 
     def ratio(target: str, top: str, bottom: str, key: str, minimum: float) -> dict[str, Any]:
+        """Median over repeats of the ratio within each repeat (run minutes apart)."""
+        tops = summary.get(top, {}).get("by_repeat", {})
+        bottoms = summary.get(bottom, {}).get("by_repeat", {})
+        ratios = [
+            tops[repeat][key] / bottoms[repeat][key]
+            for repeat in sorted(tops.keys() & bottoms.keys())
+            if bottoms[repeat][key]
+        ]
         a, b = median(top, key), median(bottom, key)
-        if a is None or not b:
+        if not ratios or a is None or b is None:
             return row(target, "n/a", None, f">= {minimum:.0%}", None)
-        return row(
-            target,
-            f"{a:,.0f} / {b:,.0f} = {a / b:.0%}",
-            a / b,
-            f">= {minimum:.0%}",
-            a / b >= minimum,
-        )
+        value = statistics.median(ratios)
+        per_repeat = ", ".join(f"{r:.0%}" for r in ratios)
+        measured = f"{value:.0%} (per repeat: {per_repeat}; medians {a:,.0f} / {b:,.0f})"
+        return row(target, measured, value, f">= {minimum:.0%}", value >= minimum)
 
     calls, transfers = "peak_calls_per_second", "peak_transfers_per_second"
     rows = [
@@ -495,6 +540,8 @@ def _scenario_row(name: str, figures: dict[str, Any]) -> str:
     else:
         peak = f"{transfers:,.0f} transfers/s"
         peak += f" ({calls:,.0f} calls/s)" if scenario.kind == "batch" else ""
+    if not figures["saturated"]:
+        peak = f">= {peak} (no step fell behind: raise --steps-max)"
     if figures["repeats"] > 1:
         key = "peak_calls_per_second" if scenario.counts_calls else "peak_transfers_per_second"
         low, high = figures[key]["min"], figures[key]["max"]
@@ -506,17 +553,18 @@ def _scenario_row(name: str, figures: dict[str, Any]) -> str:
     )
     errors = f"{figures['errors']} calls, {figures['item_errors']} items"
     checks = ", ".join(figures["bank_checks"])
+    other = figures["peak_cpu_percent"]["other"].get("median", math.nan)
     return (
         f"| {name} | {scenario.description} | {peak} | {figures['peak_p99_ms']['median']:.1f} ms"
-        f" | {half:,.0f} calls/s | {latencies} ms | {errors} | {checks} |"
+        f" | {half:,.0f} calls/s | {latencies} ms | {errors} | {checks} | {other:.0f}% |"
     )
 
 
 def format_report(summary: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     lines = [
         "| scenario | what | peak achieved | p99 at peak | half-peak rate"
-        " | p50 / p99 / p99.9 at half peak | errors | bank check |",
-        "|---|---|---|---|---|---|---|---|",
+        " | p50 / p99 / p99.9 at half peak | errors | bank check | others' CPU at peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_scenario_row(name, figures) for name, figures in summary.items()]
     lines += ["", "| target | measured | wanted | met |", "|---|---|---|---|"]
@@ -573,10 +621,23 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--log-dir", type=Path, help="server logs and profiles (default /tmp/load_tests-<time>)"
     )
     parser.add_argument(
-        "--profile", default="", help="scenarios to profile with py-spy at peak, e.g. uniform,batch"
+        "--profile",
+        default="",
+        help="scenarios to profile with py-spy at their peak (first repeat only): uniform,batch",
     )
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each scenario, wait up to this many seconds for the machine to be idle",
+    )
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
+    parser.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="run servers from the working tree, not from a copy taken when the run starts",
+    )
     args = parser.parse_args(argv)
 
     chosen = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
@@ -604,8 +665,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         log_dir=args.log_dir or Path(f"/tmp/load_tests-{stamp}"),
         profile=profile,
         profile_seconds=args.profile_seconds,
+        quiet_wait_seconds=args.quiet_wait,
         json_path=args.json,
     )
+    if not args.no_snapshot:
+        options = dataclasses.replace(options, code=options.log_dir / "code")
     _check(parser, options)
     return options
 
@@ -621,19 +685,24 @@ def _check(parser: argparse.ArgumentParser, options: Options) -> None:
         parser.error("--generators must be 1..8, with at least one call in flight each")
     if not 2 <= options.accounts <= 100_000 or not 1 <= options.repeat <= 10:
         parser.error("--accounts must be 2..100000 and --repeat 1..10")
-    if not 1 <= options.profile_seconds <= 60:
-        parser.error("--profile-seconds must be 1..60")
+    if not 1 <= options.profile_seconds <= 60 or not 0 <= options.quiet_wait_seconds <= 600:
+        parser.error("--profile-seconds must be 1..60 and --quiet-wait 0..600")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     options.log_dir.mkdir(parents=True, exist_ok=True)
     facts = machine.facts(options.database_url)
+    if options.code is not None:
+        facts["code_snapshot"] = snapshot_code(machine.repository, options.code)
+        # Generator processes (spawned, so they import afresh) take the snapshot too.
+        sys.path.insert(0, str(options.code))
     print(
         f"{facts['date']} commit {facts['git_commit']}{' (dirty)' if facts['git_dirty'] else ''}"
         f" | {facts['nproc']} x {facts['cpu_model']} | Python {facts['python']}"
         f" | PostgreSQL {facts['postgres'].get('server_version')}"
         f" synchronous_commit={facts['postgres'].get('synchronous_commit')}"
+        f" | code snapshot {facts.get('code_snapshot', 'none (working tree)')}"
         f" | logs in {options.log_dir}",
         flush=True,
     )

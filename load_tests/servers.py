@@ -1,5 +1,7 @@
 """Servers under test as subprocesses, a fresh PostgreSQL schema for each, and CPU from /proc.
 
+Servers can run from a snapshot of the code taken when the run starts (`snapshot_code`),
+so that edits made meanwhile do not change the code under test halfway through a run.
 A server listens on 127.0.0.1 port 0 and its port is read from its first log line
 (`server_started` for the ledger, `echo_server_started` for the echo server). Its output
 goes to a log file, never to a pipe that could fill up and stall it. It is stopped with
@@ -8,23 +10,30 @@ SIGTERM, then killed if it has not exited within `stop_timeout_seconds`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
 
 start_timeout_seconds = 30.0
+# The packages a server imports from this repository.
+snapshot_packages = ("ledger", "projections", "timebank", "load_tests")
 # The ledger's own shutdown grace is 10 s by default; allow for it, then kill.
 stop_timeout_seconds = 20.0
 postgres_connect_timeout_seconds = 5
@@ -77,6 +86,26 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
 
+def snapshot_code(repository: Path, into: Path) -> str:
+    """Copies the packages a server imports, as they are now; returns a digest of the copy.
+
+    Others edit the ledger while a run goes on; servers started from the snapshot all run
+    the code as it was when the run began.
+    """
+    digest = hashlib.sha256()
+    for package in snapshot_packages:
+        shutil.copytree(
+            repository / package,
+            into / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            dirs_exist_ok=True,
+        )
+        for path in sorted((into / package).rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(into)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ledger_command() -> list[str]:
     """`timebank-ledger serve` from this interpreter's environment, on any free port."""
     script = Path(sys.executable).parent / "timebank-ledger"
@@ -89,16 +118,24 @@ def echo_command() -> list[str]:
 
 
 @contextmanager
-def running(command: list[str], env: Mapping[str, str], log_path: Path) -> Iterator[RunningServer]:
-    """Starts the server, waits for its port, yields it, and stops it."""
+def running(
+    command: list[str], env: Mapping[str, str], log_path: Path, code: Path | None = None
+) -> Iterator[RunningServer]:
+    """Starts the server, waits for its port, yields it, and stops it.
+
+    With `code` (a snapshot from `snapshot_code`), the server imports its packages from there.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    code_env = {} if code is None else {"PYTHONPATH": str(code)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env={**os.environ, **code_env, **env},
+            # `python -m` puts the working directory first on sys.path: make it the snapshot.
+            cwd=code,
         )
         try:
             port = _wait_for_port(process, log_path)
@@ -126,10 +163,34 @@ def _started_port(line: str) -> int | None:
         record = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(record, dict) or not str(record.get("event", "")).endswith("started"):
+    if not isinstance(record, dict) or record.get("event") not in _started_events:
         return None
     port = record.get("port")
     return port if isinstance(port, int) else None
+
+
+def log_events(log_path: Path) -> dict[str, int]:
+    """How often each `level event` appeared in a server's JSON log (start and stop aside)."""
+    counts: Counter[str] = Counter()
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            counts["unparsed line"] += 1
+            continue
+        if isinstance(record, dict):
+            event = str(record.get("event", "?"))
+            if event not in _lifecycle_events:
+                counts[f"{record.get('level', '?')} {event}"] += 1
+    return dict(counts)
+
+
+_started_events = frozenset(("server_started", "echo_server_started"))
+_lifecycle_events = _started_events | {"shutdown_requested", "server_stopped"}
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -152,20 +213,70 @@ class CpuSample:
 
     at: float
     server_seconds: float
-    postgres_seconds: float
+    # By process id: the PostgreSQL backends serving the server, and every postgres process
+    # (others' included). Backends come and go between samples.
+    backend_seconds: dict[int, float]
+    postgres_seconds: dict[int, float]
     machine_busy_seconds: float
     machine_steal_seconds: float
 
 
-def sample_cpu(server_pid: int) -> CpuSample:
+def sample_cpu(server_pid: int, backend_pids: frozenset[int] = frozenset()) -> CpuSample:
+    """Now; `backend_pids` are the PostgreSQL backends serving the server (`server_backends`)."""
     busy, steal = _machine_seconds()
     return CpuSample(
         at=time.monotonic(),
         server_seconds=_process_cpu_seconds(server_pid),
+        backend_seconds={pid: _process_cpu_seconds(pid) for pid in backend_pids},
         postgres_seconds=_postgres_cpu_seconds(),
         machine_busy_seconds=busy,
         machine_steal_seconds=steal,
     )
+
+
+def server_backends(server_pid: int, database_url: str) -> frozenset[int]:
+    """Process ids of the PostgreSQL backends whose clients are the server's connections.
+
+    Other people's work on a shared database server is not the server's cost: the server's
+    TCP connections to PostgreSQL are found from its sockets, then matched by client port
+    in pg_stat_activity.
+    """
+    postgres_port = urlsplit(database_url).port or 5432
+    ports = _client_ports(server_pid, postgres_port)
+    if not ports:
+        return frozenset()
+    with psycopg.connect(
+        database_url, autocommit=True, connect_timeout=postgres_connect_timeout_seconds
+    ) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", (sorted(ports),)
+        ).fetchall()
+    return frozenset(int(row[0]) for row in rows)
+
+
+def _client_ports(pid: int, remote_port: int) -> set[int]:
+    """Local ports of the process's TCP connections to `remote_port` (from /proc)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode in inodes and int(remote.rpartition(":")[2], 16) == remote_port:
+                ports.add(int(local.rpartition(":")[2], 16))
+    return ports
 
 
 def cpu_percent(before: CpuSample, after: CpuSample, generator_seconds: float) -> dict[str, float]:
@@ -176,32 +287,42 @@ def cpu_percent(before: CpuSample, after: CpuSample, generator_seconds: float) -
         return round(100.0 * seconds / wall, 1)
 
     server = after.server_seconds - before.server_seconds
-    postgres = after.postgres_seconds - before.postgres_seconds
+    backends = _delta(before.backend_seconds, after.backend_seconds)
     busy = after.machine_busy_seconds - before.machine_busy_seconds
     return {
         "server": share(server),
-        "postgres": share(postgres),
+        "postgres": share(backends),
+        "postgres_all": share(_delta(before.postgres_seconds, after.postgres_seconds)),
         "generators": share(generator_seconds),
         "machine_busy": share(busy),
-        # Everything else: other people's work on a shared machine, and this harness.
-        "other": share(max(0.0, busy - server - postgres - generator_seconds)),
+        # Everything else: other people's work on a shared machine, PostgreSQL's background
+        # processes (WAL writer...), and this harness.
+        "other": share(max(0.0, busy - server - backends - generator_seconds)),
         "machine_steal": share(after.machine_steal_seconds - before.machine_steal_seconds),
     }
 
 
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    # A process that exited takes its last interval with it; a new one counts from zero.
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 def _process_cpu_seconds(pid: int) -> float:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return 0.0
+
+
+def _stat_cpu_seconds(stat: str) -> float:
     # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _clock_ticks_per_second
 
 
-def _postgres_cpu_seconds() -> float:
-    """All processes named postgres (backends come and go, so this is approximate)."""
-    total = 0.0
+def _postgres_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of each process named postgres."""
+    seconds: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -210,8 +331,8 @@ def _postgres_cpu_seconds() -> float:
         except OSError:
             continue
         if "(postgres)" in stat:
-            total += _process_cpu_seconds(int(entry.name))
-    return total
+            seconds[int(entry.name)] = _stat_cpu_seconds(stat)
+    return seconds
 
 
 def _machine_seconds() -> tuple[float, float]:

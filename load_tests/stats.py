@@ -3,8 +3,10 @@
 Latency is measured from each call's *scheduled* send time to its response, so a server
 that falls behind shows as latency and not as a quietly lower send rate. Percentiles are
 nearest-rank over the calls that returned OK; failed calls are counted by status code.
-Achieved rates count OK calls (and the transfers they recorded) over the measurement
-window: from the first scheduled send to the last response, at least the planned duration.
+Achieved rates count the OK responses (and the transfers they recorded) that arrived
+between the start of the schedule and its end, divided by its duration: what the server
+delivered while under the offered load. Responses after that (the drain) count for latency
+and errors but not for the rate.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ class GeneratorOutcome:
     # Sent, but more than `late_ms` after the scheduled time (the generator fell behind).
     late: int = 0
     ok_transfers: int = 0
+    # OK responses (and the transfers they recorded) that arrived within the step's duration.
+    ok_calls_in_window: int = 0
+    ok_transfers_in_window: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     item_errors: Counter[str] = field(default_factory=Counter)
     # Milliseconds from scheduled send to OK response, per operation index.
     latencies_ms: dict[int, list[float]] = field(default_factory=dict)
-    # Seconds from the first scheduled send to the last response (or the end of the schedule).
-    window_seconds: float = 0.0
+    # Seconds from the end of the schedule to the last response.
+    drain_seconds: float = 0.0
     cpu_seconds: float = 0.0
 
 
@@ -48,7 +53,7 @@ class StepSummary:
     offered_calls_per_second: float
     transfers_per_call: float
     duration_seconds: float
-    window_seconds: float
+    drain_seconds: float
     scheduled: int
     sent: int
     dropped: int
@@ -83,7 +88,7 @@ class StepSummary:
             "achieved_calls_per_second": round(self.achieved_calls_per_second, 1),
             "achieved_transfers_per_second": round(self.achieved_transfers_per_second, 1),
             "duration_seconds": self.duration_seconds,
-            "window_seconds": round(self.window_seconds, 3),
+            "drain_seconds": round(self.drain_seconds, 3),
             "scheduled": self.scheduled,
             "sent": self.sent,
             "dropped": self.dropped,
@@ -131,26 +136,26 @@ def merge(
         item_errors.update(outcome.item_errors)
         for op, values in outcome.latencies_ms.items():
             by_op.setdefault(op, []).extend(values)
-    window = max([duration_seconds, *(outcome.window_seconds for outcome in outcomes)])
     ok_calls = statuses.get("OK", 0)
-    ok_transfers = sum(outcome.ok_transfers for outcome in outcomes)
+    in_window_calls = sum(outcome.ok_calls_in_window for outcome in outcomes)
+    in_window_transfers = sum(outcome.ok_transfers_in_window for outcome in outcomes)
     return StepSummary(
         label=label,
         offered_calls_per_second=offered_calls_per_second,
         transfers_per_call=transfers_per_call,
         duration_seconds=duration_seconds,
-        window_seconds=window,
+        drain_seconds=max((outcome.drain_seconds for outcome in outcomes), default=0.0),
         scheduled=sum(outcome.scheduled for outcome in outcomes),
         sent=sum(outcome.sent for outcome in outcomes),
         dropped=sum(outcome.dropped for outcome in outcomes),
         late=sum(outcome.late for outcome in outcomes),
         ok_calls=ok_calls,
         error_calls=sum(statuses.values()) - ok_calls,
-        ok_transfers=ok_transfers,
+        ok_transfers=sum(outcome.ok_transfers for outcome in outcomes),
         statuses=dict(statuses),
         item_errors=dict(item_errors),
-        achieved_calls_per_second=ok_calls / window,
-        achieved_transfers_per_second=ok_transfers / window,
+        achieved_calls_per_second=in_window_calls / duration_seconds,
+        achieved_transfers_per_second=in_window_transfers / duration_seconds,
         latency_ms=latency_summary([value for values in by_op.values() for value in values]),
         latency_ms_by_op={op_names[op]: latency_summary(values) for op, values in by_op.items()},
     )
