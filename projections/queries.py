@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger.application import pages
+from ledger.domain.views import available_minutes
 from projections.db import ViewDatabase
 
 # A statement's seq counts its entries from 1; no real statement comes near this bound,
@@ -55,7 +56,9 @@ class AccountSummary:
     @property
     def available_minutes(self) -> int:
         """How many more minutes the account may pay now (0 after its limit was raised)."""
-        return max(0, self.balance_minutes - self.pending_out_minutes - self.lower_limit_minutes)
+        return available_minutes(
+            self.balance_minutes, self.pending_out_minutes, self.lower_limit_minutes
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,13 @@ from datetime import datetime
 from ledger.domain.errors import DomainError
 
 
+def available_minutes(
+    balance_minutes: int, pending_debit_minutes: int, lower_limit_minutes: int
+) -> int:
+    """How many more minutes an account may pay now; 0 while its balance is past its limit."""
+    return max(0, balance_minutes - pending_debit_minutes - lower_limit_minutes)
+
+
 @dataclass(frozen=True, slots=True)
 class BankView:
     bank_id: str
@@ -43,7 +50,9 @@ class AccountView:
         Never negative: after a limit was lowered below the balance, it is 0 until the
         balance is back within the limit.
         """
-        return max(0, self.balance_minutes - self.pending_debit_minutes - self.lower_limit_minutes)
+        return available_minutes(
+            self.balance_minutes, self.pending_debit_minutes, self.lower_limit_minutes
+        )
 
 
 @dataclass(frozen=True, slots=True)
