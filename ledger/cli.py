@@ -93,11 +93,11 @@ def project(settings: Settings, names: Sequence[str], stopping: threading.Event)
     """Follows the log with the named projections (all if none) until `stopping` is set."""
     # Imported here so that `demo` needs neither the event store nor the projections.
     from ledger import metrics
-    from ledger.application.store import LedgerStore
+    from ledger.storage.store import LedgerStore
     from projections.registry import ProjectionSet, projection_names
 
     _check_durable(settings)
-    store = LedgerStore(env=settings.eventsourcing_env())
+    store = LedgerStore(settings.eventsourcing_env())
     try:
         projections = ProjectionSet.open(settings, store, names or projection_names)
         exporter = None
@@ -123,11 +123,11 @@ def project(settings: Settings, names: Sequence[str], stopping: threading.Event)
 
 def replay(settings: Settings, name: str) -> int:
     """Drops one projection's rows and rebuilds them from the first event; prints the rate."""
-    from ledger.application.store import LedgerStore
+    from ledger.storage.store import LedgerStore
     from projections.registry import ProjectionSet
 
     _check_durable(settings)
-    store = LedgerStore(env=settings.eventsourcing_env())
+    store = LedgerStore(settings.eventsourcing_env())
     try:
         projections = ProjectionSet.open(settings, store, [name])
         try:

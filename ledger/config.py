@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///timebank-ledger.sqlite3"
@@ -20,27 +22,58 @@ class ConfigError(ValueError):
     """A LEDGER_* setting has a value the service cannot use."""
 
 
+# Counts that must be positive.
+_AT_LEAST_ONE = (
+    "writer_threads",
+    "writer_batch_max",
+    "writer_queue_max",
+    "resident_banks_max",
+    "snapshot_interval_events",
+)
+# Settings whose text is normalised before use (the rest are only stripped).
+_NORMALISE: dict[str, Callable[[str], str]] = {
+    "log_level": lambda text: text.strip().upper(),
+    "projections": lambda text: text.strip().lower(),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
+    """Every setting; each is read from LEDGER_<NAME IN CAPITALS>, e.g. LEDGER_WRITER_THREADS."""
+
     # sqlite:///relative/path, sqlite:////absolute/path, postgresql://user:pw@host:port/db?schema=s,
-    # or memory:// (nothing kept; for tests).
+    # or memory:// (an in-memory SQLite database, nothing kept; for tests).
     database_url: str = DEFAULT_DATABASE_URL
     grpc_address: str = "127.0.0.1:50051"
     grpc_workers: int = 32
     grpc_max_message_bytes: int = 4 * 1024 * 1024
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # Threads that run the banks' writers (no bank has a thread of its own).
+    writer_threads: int = 4
     # Commands one bank's writer applies and commits together at most.
     writer_batch_max: int = 1000
-    # How long the writer may wait for more commands to fill a batch once one has arrived;
-    # 0 takes only what is already waiting (requests queue up while a commit is in flight).
-    writer_batch_wait_seconds: float = 0.0
     # Requests that may wait for one bank's writer before new ones are refused.
     writer_queue_max: int = 10_000
     # How long a caller waits for its command to be committed before giving up.
     writer_timeout_seconds: float = 30.0
-    # How often an idle writer wakes to expire pending transfers whose deadline passed.
+    # Banks whose writer (and decision state) stays in memory at most; the least recently
+    # used idle ones are unloaded beyond that.
+    resident_banks_max: int = 1000
+    # A bank's writer is unloaded after this long without work.
+    bank_idle_seconds: float = 300.0
+    # How often resident writers are checked for pending transfers whose deadline passed.
     expiry_interval_seconds: float = 1.0
+    # How often the store is searched for due pending transfers of banks not in memory.
+    expiry_sweep_interval_seconds: float = 1.0
+    # A bank's decision state is snapshotted after this many changes (an event, or one
+    # transfer of a grouped event); loading replays at most about this many after it.
+    snapshot_interval_events: int = 10_000
+    # PostgreSQL connections kept open (and extra ones opened under load) by the event store.
+    database_pool_size: int = 8
+    database_pool_overflow: int = 8
+    # The longest a statement waits for a lock or a pooled connection, in seconds.
+    database_lock_timeout_seconds: int = 10
     # Where the views (projections' tables) live; "" means in LEDGER_DATABASE_URL's database.
     views_database_url: str = ""
     # "in-process" or "off" (see PROJECTIONS_MODES).
@@ -60,41 +93,23 @@ class Settings:
                 f"LEDGER_READ_WAIT_SECONDS {self.read_wait_seconds} is not between 0 and"
                 f" {READ_WAIT_SECONDS_MAX:g}"
             )
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"LEDGER_{name.upper()} must be at least 1")
         host_port(self.metrics_address)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        def get(name: str, default: str) -> str:
-            return environ.get(f"LEDGER_{name}", default)
-
+        values: dict[str, object] = {}
         try:
-            settings = cls(
-                database_url=get("DATABASE_URL", DEFAULT_DATABASE_URL),
-                grpc_address=get("GRPC_ADDRESS", cls.grpc_address),
-                grpc_workers=int(get("GRPC_WORKERS", str(cls.grpc_workers))),
-                grpc_max_message_bytes=int(
-                    get("GRPC_MAX_MESSAGE_BYTES", str(cls.grpc_max_message_bytes))
-                ),
-                shutdown_grace_seconds=float(
-                    get("SHUTDOWN_GRACE_SECONDS", str(cls.shutdown_grace_seconds))
-                ),
-                log_level=get("LOG_LEVEL", cls.log_level).upper(),
-                writer_batch_max=int(get("WRITER_BATCH_MAX", str(cls.writer_batch_max))),
-                writer_batch_wait_seconds=float(
-                    get("WRITER_BATCH_WAIT_SECONDS", str(cls.writer_batch_wait_seconds))
-                ),
-                writer_queue_max=int(get("WRITER_QUEUE_MAX", str(cls.writer_queue_max))),
-                writer_timeout_seconds=float(
-                    get("WRITER_TIMEOUT_SECONDS", str(cls.writer_timeout_seconds))
-                ),
-                expiry_interval_seconds=float(
-                    get("EXPIRY_INTERVAL_SECONDS", str(cls.expiry_interval_seconds))
-                ),
-                views_database_url=get("VIEWS_DATABASE_URL", cls.views_database_url),
-                projections=get("PROJECTIONS", cls.projections).strip().lower(),
-                read_wait_seconds=float(get("READ_WAIT_SECONDS", str(cls.read_wait_seconds))),
-                metrics_address=get("METRICS_ADDRESS", cls.metrics_address).strip(),
-            )
+            for setting in fields(cls):
+                text = environ.get(f"LEDGER_{setting.name.upper()}")
+                if text is None:
+                    continue
+                text = _NORMALISE.get(setting.name, str.strip)(text)
+                kind: type[Any] = type(setting.default)
+                values[setting.name] = text if kind is str else kind(text)
+            settings = cls(**values)  # type: ignore[arg-type]
         except ValueError as error:
             raise ConfigError(f"bad LEDGER_* setting: {error}") from None
         settings.eventsourcing_env()  # fail at start-up, not at first request
@@ -103,7 +118,13 @@ class Settings:
 
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing library's settings for this database URL."""
-        return eventsourcing_env(self.database_url)
+        env = eventsourcing_env(self.database_url)
+        if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
+            env["POSTGRES_POOL_SIZE"] = str(self.database_pool_size)
+            env["POSTGRES_MAX_OVERFLOW"] = str(self.database_pool_overflow)
+            env["POSTGRES_LOCK_TIMEOUT"] = str(self.database_lock_timeout_seconds)
+            env["POSTGRES_MAX_WAITING"] = str(self.writer_queue_max)
+        return env
 
     @property
     def views_url(self) -> str:
@@ -124,7 +145,9 @@ def host_port(address: str) -> tuple[str, int] | None:
 def eventsourcing_env(database_url: str) -> dict[str, str]:
     url = urlsplit(database_url)
     if url.scheme == "memory":
-        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        # A private in-memory SQLite database per call: each Ledger gets its own.
+        name = f"file:timebank-ledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": name}
     if url.scheme == "sqlite":
         # sqlite:///name.sqlite3 is relative to the working directory; sqlite:////abs is absolute.
         path = unquote(url.path[1:] if url.path.startswith("/") else url.path)

@@ -162,8 +162,8 @@ class _Batch:
         accounts: dict[str, set[str]] = {}  # bank_uuid -> account ids
         releases: dict[str, set[str]] = {}  # bank_uuid -> ids of held transfers resolved
         for event in events:
-            name = type(event).__name__
-            bank_uuid = str(event.originator_id)
+            name = event.type
+            bank_uuid = event.bank_uuid
             if name == "TransfersCreated":
                 ids = accounts.setdefault(bank_uuid, set())
                 for item in event.transfers:
@@ -349,20 +349,20 @@ class AccountsProjection:
         batch = _Batch(cursor)
         batch.prefetch(events)
         for event in events:
-            handler = getattr(self, f"_on_{type(event).__name__}", None)
+            handler = getattr(self, f"_on_{event.type}", None)
             if handler is not None:
                 handler(batch, event)
         batch.write()
 
     # ----------------------------------------------------------------- bank and accounts
 
-    def _on_Created(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        bank_uuid = str(event.originator_id)
+    def _on_BankCreated(self, batch: _Batch, event: Any) -> None:  # noqa: N802
+        bank_uuid = event.bank_uuid
         batch.bank_ids[bank_uuid] = event.bank_id
         batch.new_banks.append((bank_uuid, event.bank_id, event.name, _iso(event.timestamp)))
 
     def _on_AccountOpened(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        bank_id = batch.bank_id(str(event.originator_id))
+        bank_id = batch.bank_id(event.bank_uuid)
         at = _iso(event.timestamp)
         batch.accounts[(bank_id, event.account_id)] = AccountRow(
             bank_id=bank_id,
@@ -380,26 +380,26 @@ class AccountsProjection:
             entries=0,
             opened_at=at,
             last_activity_at=at,
-            position=event.originator_version,
+            position=event.version,
         )
 
     def _on_AccountLimitsChanged(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        account = batch.account(batch.bank_id(str(event.originator_id)), event.account_id)
+        account = batch.account(batch.bank_id(event.bank_uuid), event.account_id)
         account.lower_limit_minutes = event.lower_limit_minutes
         account.upper_limit_minutes = event.upper_limit_minutes
-        account.position = event.originator_version
+        account.position = event.version
 
     def _on_AccountStatusChanged(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        account = batch.account(batch.bank_id(str(event.originator_id)), event.account_id)
+        account = batch.account(batch.bank_id(event.bank_uuid), event.account_id)
         account.status = event.status
-        account.position = event.originator_version
+        account.position = event.version
 
     # ----------------------------------------------------------------- transfers
 
     def _on_TransfersCreated(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        bank_id = batch.bank_id(str(event.originator_id))
+        bank_id = batch.bank_id(event.bank_uuid)
         at = _iso(event.timestamp)
-        position = event.originator_version
+        position = event.version
         for item in event.transfers:
             payer = batch.account(bank_id, item["payer_account_id"])
             payee = batch.account(bank_id, item["payee_account_id"])
@@ -434,7 +434,7 @@ class AccountsProjection:
                 )
 
     def _on_PendingPosted(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        bank_id = batch.bank_id(str(event.originator_id))
+        bank_id = batch.bank_id(event.bank_uuid)
         hold = self._release(batch, bank_id, event)
         if event.posted_amount_minutes > 0:
             self._exchange(
@@ -448,21 +448,21 @@ class AccountsProjection:
                 hold.category,
                 hold.service_date,
                 _iso(event.timestamp),
-                event.originator_version,
+                event.version,
             )
 
     def _on_PendingVoided(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        self._release(batch, batch.bank_id(str(event.originator_id)), event)
+        self._release(batch, batch.bank_id(event.bank_uuid), event)
 
     def _on_PendingExpired(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        self._release(batch, batch.bank_id(str(event.originator_id)), event)
+        self._release(batch, batch.bank_id(event.bank_uuid), event)
 
     def _on_TransferReversed(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        bank_id = batch.bank_id(str(event.originator_id))
+        bank_id = batch.bank_id(event.bank_uuid)
         payer = batch.account(bank_id, event.payer_account_id)
         payee = batch.account(bank_id, event.payee_account_id)
         amount = event.amount_minutes
-        at, position = _iso(event.timestamp), event.originator_version
+        at, position = _iso(event.timestamp), event.version
         # A reversal undoes an exchange: it takes back the given/received minutes and the
         # count, rather than counting as help given by the original payer.
         payer.given_minutes -= amount
@@ -498,7 +498,7 @@ class AccountsProjection:
     def _release(batch: _Batch, bank_id: str, event: Any) -> Hold:
         hold = batch.hold(bank_id, event.transfer_id)
         batch.holds[(bank_id, event.transfer_id)] = None
-        at, position = _iso(event.timestamp), event.originator_version
+        at, position = _iso(event.timestamp), event.version
         payer = batch.account(bank_id, hold.payer_account_id)
         payee = batch.account(bank_id, hold.payee_account_id)
         payer.pending_out_minutes -= hold.amount_minutes

@@ -107,5 +107,7 @@ def statement_page(
 def statement_cursor(page_size: int, page_token: str) -> tuple[int, int]:
     """(entries in the page, seq the page starts below); InvalidInput for a bad size or token."""
     size = pages.page_size(page_size)
-    below = pages.decode_token(_statement_token_kind, page_token, statement_seq_max)
+    below = pages.decode_token(_statement_token_kind, page_token)
+    if below is not None and below > statement_seq_max:
+        raise pages.bad_token()
     return size, statement_seq_max if below is None else below

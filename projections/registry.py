@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ledger import logs, metrics
-from ledger.application.store import LedgerStore
 from ledger.config import ConfigError, Settings
+from ledger.storage.store import LedgerStore
 from projections.accounts import AccountsProjection
 from projections.db import ViewDatabase, open_views
 from projections.reports import ReportsProjection

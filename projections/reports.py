@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.domain.bank import Bank
 from projections.db import Cursor, insert_rows
 
 _DDL = (
@@ -213,13 +212,13 @@ class _Batch:
         holds: dict[str, list[str]] = defaultdict(list)
         posted: dict[str, list[str]] = defaultdict(list)
         for event in events:
-            name = type(event).__name__
-            if name == "Created":
-                self.bank_ids[str(event.originator_id)] = event.bank_id
+            name = event.type
+            if name == "BankCreated":
+                self.bank_ids[event.bank_uuid] = event.bank_id
             elif name in _HOLD_EVENTS:
-                holds[self.bank_id(str(event.originator_id))].append(event.transfer_id)
+                holds[self.bank_id(event.bank_uuid)].append(event.transfer_id)
             elif name == "TransferReversed":
-                bank_id = self.bank_id(str(event.originator_id))
+                bank_id = self.bank_id(event.bank_uuid)
                 posted[bank_id].append(event.reverses_transfer_id)
         for bank_id, transfer_ids in holds.items():
             for row in self._lookup(
@@ -253,11 +252,11 @@ class _Batch:
 
     def bank(self, event: Any) -> tuple[str, _BankChange]:
         """The bank an event belongs to, marked as changed up to that event."""
-        bank_id = self.bank_id(str(event.originator_id))
+        bank_id = self.bank_id(event.bank_uuid)
         change = self.banks.get(bank_id)
         if change is None:
             change = self.banks[bank_id] = _BankChange(dict.fromkeys(_BANK_COUNTERS, 0), 0, "")
-        change.position = event.originator_version
+        change.position = event.version
         change.updated_at = _iso(event.timestamp)
         return bank_id, change
 
@@ -427,13 +426,10 @@ class ReportsProjection:
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
 
     def apply(self, cursor: Cursor, events: Sequence[Any]) -> None:
-        # Dispatch is by class name, so only a bank's events may reach it (the log may one day
-        # hold other aggregates' events, with a "Created" of their own).
-        events = [event for event in events if isinstance(event, Bank.Event)]
         batch = _Batch(cursor)
         batch.preload(events)
         for event in events:
-            handler = getattr(self, f"_on_{type(event).__name__}", None)
+            handler = getattr(self, f"_on_{event.type}", None)
             if handler is not None:
                 handler(batch, event)
             else:
@@ -443,13 +439,11 @@ class ReportsProjection:
 
     # ----------------------------------------------------------------- bank and accounts
 
-    def _on_Created(self, batch: _Batch, event: Any) -> None:  # noqa: N802
-        bank_uuid = str(event.originator_id)
+    def _on_BankCreated(self, batch: _Batch, event: Any) -> None:  # noqa: N802
+        bank_uuid = event.bank_uuid
         batch.bank_ids[bank_uuid] = event.bank_id
         at = _iso(event.timestamp)
-        batch.new_banks.append(
-            (bank_uuid, event.bank_id, event.name, at, event.originator_version, at)
-        )
+        batch.new_banks.append((bank_uuid, event.bank_id, event.name, at, event.version, at))
 
     def _on_AccountOpened(self, batch: _Batch, event: Any) -> None:  # noqa: N802
         bank_id, _ = batch.bank(event)

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-from ledger.application.store import LedgerStore
+from ledger.storage.store import LedgerStore
 from projections.db import Cursor, ViewDatabase
+from projections.events import LogEvent, log_event
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class Projection(Protocol):
 
     def drop_tables(self, cursor: Cursor) -> None: ...
 
-    def apply(self, cursor: Cursor, events: Sequence[Any]) -> None:
-        """Apply events (eventsourcing domain events, in log order) inside the transaction."""
+    def apply(self, cursor: Cursor, events: Sequence[LogEvent]) -> None:
+        """Apply events (in log order) inside the transaction."""
         ...
 
 
@@ -145,7 +146,7 @@ class ProjectionRunner:
         notifications = self._read_batch()
         if not notifications:
             return 0
-        events = [self.store.mapper.to_domain_event(n) for n in notifications]
+        events = [log_event(n.id, n.state) for n in notifications]
         start, end = self._position, notifications[-1].id
         with self.views.transaction() as cursor:
             moved = cursor.execute(
@@ -242,10 +243,10 @@ class ProjectionRunner:
             fitting = (batch_bytes_max - size) * len(batch) // max(size, 1)
             wanted = max(1, min(remaining, fitting))
 
-    def _record_bank_versions(self, cursor: Cursor, events: Sequence[Any]) -> None:
+    def _record_bank_versions(self, cursor: Cursor, events: Sequence[LogEvent]) -> None:
         latest: dict[str, int] = {}
         for event in events:
-            latest[str(event.originator_id)] = event.originator_version
+            latest[event.bank_uuid] = event.version
         cursor.executemany(
             "INSERT INTO projection_bank_versions (projection, bank_uuid, version)"
             " VALUES (?, ?, ?) ON CONFLICT (projection, bank_uuid)"

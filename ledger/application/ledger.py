@@ -1,25 +1,23 @@
-"""The Ledger facade that entrypoints call: finds or loads each bank's writer, reads its state."""
+"""The Ledger facade that entrypoints call: writes go to the banks' writers, reads to the tables.
+
+Reads never wait for a writer: they come from the committed index tables, so they never
+queue behind a commit, and any process reading the store sees what was committed, whether
+or not it holds the bank's writer.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
-
-from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
 
 from ledger.application import pages
-from ledger.application.store import LedgerStore
-from ledger.application.writer import BankWriter, Clock, Result
+from ledger.application.writer import Clock, Result
+from ledger.application.writers import Writers
 from ledger.config import Settings
-from ledger.domain.bank import Bank, bank_uuid, id_conflict
-from ledger.domain.commands import BankCommand, CreateBank, check_id
+from ledger.domain.bank import bank_not_found, bank_uuid
+from ledger.domain.commands import Command, CreateBank, check_id
 from ledger.domain.errors import NotFound
 from ledger.domain.views import AccountView, BankView, TransferView
-
-T = TypeVar("T")
+from ledger.storage.store import LedgerStore
 
 
 def system_clock() -> datetime:
@@ -27,129 +25,103 @@ def system_clock() -> datetime:
 
 
 class Ledger:
-    """Every bank in one store; one writer per bank in this process."""
+    """Every bank in one store; the writers of those in use in this process."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self._settings = settings
-        self._clock = clock or system_clock
-        self.store = LedgerStore(env=settings.eventsourcing_env())
-        self._writers: dict[str, BankWriter] = {}
-        self._writers_lock = threading.Lock()
+        self.store = LedgerStore(settings.eventsourcing_env())
+        try:
+            self.writers = Writers(self.store, settings, clock or system_clock)
+        except BaseException:
+            self.store.close()
+            raise
 
     # ----------------------------------------------------------------- writes
 
     def create_bank(self, command: CreateBank) -> BankView:
         command.validate()
-        with self._writers_lock:
-            bank = self._load(command.bank_id)
-            if bank is None:
-                bank = Bank.create(command, self._clock())
-                try:
-                    self.store.save(bank)
-                except IntegrityError:
-                    # Created concurrently by another process: compare with what it stored.
-                    bank = self._load(command.bank_id)
-                    assert bank is not None
-            conflict = id_conflict(command, bank.created_by)
-            if conflict is not None:
-                raise conflict
-            writer = self._writers.get(command.bank_id)
-            if writer is None:
-                writer = self._writers[command.bank_id] = BankWriter(
-                    self.store, bank, self._settings, self._clock
-                )
-        return writer.read(Bank.view)
+        result = self.writers.submit(command.bank_id, command)
+        assert isinstance(result, BankView), result
+        return result
 
-    def execute(self, bank_id: str, command: BankCommand) -> Result:
+    def execute(self, bank_id: str, command: Command) -> Result:
         """Validate, queue and commit one command; returns its view or per-item results."""
+        check_id("bank_id", bank_id)
         command.validate()
-        return self._writer(bank_id).submit(command)
+        return self.writers.submit(bank_id, command)
 
     # ----------------------------------------------------------------- reads
 
     def get_bank(self, bank_id: str) -> BankView:
-        return self._read(bank_id, Bank.view)
+        check_id("bank_id", bank_id)
+        view = self.store.bank(str(bank_uuid(bank_id)))
+        if view is None:
+            raise bank_not_found(bank_id)
+        return view
 
     def get_account(self, bank_id: str, account_id: str) -> AccountView:
+        check_id("bank_id", bank_id)
         check_id("account_id", account_id)
-        return self._read(bank_id, lambda bank: bank.account(account_id).view())
+        view = self.store.account(str(bank_uuid(bank_id)), account_id)
+        if view is None:
+            self.get_bank(bank_id)
+            raise _account_not_found(account_id)
+        return view
 
     def list_accounts(
         self, bank_id: str, page_size: int, page_token: str
     ) -> tuple[list[AccountView], str]:
         """Accounts in the order they were opened."""
+        check_id("bank_id", bank_id)
         size = pages.page_size(page_size)
-
-        def page(bank: Bank) -> tuple[list[AccountView], str]:
-            order = bank.account_order
-            start = pages.decode_token("a", page_token, len(order)) or 0
-            end = min(start + size, len(order))
-            views = [bank.accounts[account_id].view() for account_id in order[start:end]]
-            return views, pages.encode_token("a", end) if end < len(order) else ""
-
-        return self._read(bank_id, page)
+        after = pages.decode_token("a", page_token) or 0
+        self.get_bank(bank_id)
+        found = self.store.accounts_page(str(bank_uuid(bank_id)), after, size + 1)
+        views = [view for _, view in found[:size]]
+        more = len(found) > size
+        return views, pages.encode_token("a", found[size - 1][0]) if more else ""
 
     def get_transfer(self, bank_id: str, transfer_id: str) -> TransferView:
+        check_id("bank_id", bank_id)
         check_id("transfer_id", transfer_id)
-        return self._read(bank_id, lambda bank: bank.transfer(transfer_id).view())
+        view = self.store.transfer(str(bank_uuid(bank_id)), transfer_id)
+        if view is None:
+            self.get_bank(bank_id)
+            raise NotFound(
+                "TRANSFER_NOT_FOUND",
+                f"transfer {transfer_id!r} does not exist in this bank",
+                field="transfer_id",
+                metadata={"transfer_id": transfer_id},
+            )
+        return view
 
     def list_account_transfers(
         self, bank_id: str, account_id: str, page_size: int, page_token: str
     ) -> tuple[list[TransferView], str]:
         """An account's transfers, newest first."""
+        check_id("bank_id", bank_id)
         check_id("account_id", account_id)
         size = pages.page_size(page_size)
-
-        def page(bank: Bank) -> tuple[list[TransferView], str]:
-            ids = bank.account(account_id).transfer_ids
-            # The token counts the (oldest) entries still to show; ids only grow at the end.
-            end = pages.decode_token("t", page_token, len(ids))
-            end = len(ids) if end is None else end
-            start = max(0, end - size)
-            views = [bank.transfers[transfer_id].view() for transfer_id in reversed(ids[start:end])]
-            return views, pages.encode_token("t", start) if start > 0 else ""
-
-        return self._read(bank_id, page)
+        before = pages.decode_token("t", page_token)
+        self.get_account(bank_id, account_id)
+        found = self.store.account_transfers_page(
+            str(bank_uuid(bank_id)), account_id, before, size + 1
+        )
+        views = [view for _, view in found[:size]]
+        more = len(found) > size
+        return views, pages.encode_token("t", found[size - 1][0]) if more else ""
 
     # ----------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        with self._writers_lock:
-            writers = list(self._writers.values())
-            self._writers.clear()
-        for writer in writers:
-            writer.close()
+        self.writers.close()
         self.store.close()
 
-    # ----------------------------------------------------------------- internals
 
-    def _read(self, bank_id: str, reader: Callable[[Bank], T]) -> T:
-        return self._writer(bank_id).read(reader)
-
-    def _writer(self, bank_id: str) -> BankWriter:
-        check_id("bank_id", bank_id)
-        writer = self._writers.get(bank_id)
-        if writer is not None:
-            return writer
-        with self._writers_lock:
-            writer = self._writers.get(bank_id)
-            if writer is None:
-                bank = self._load(bank_id)
-                if bank is None:
-                    raise NotFound(
-                        "BANK_NOT_FOUND",
-                        f"bank {bank_id!r} does not exist",
-                        field="bank_id",
-                        metadata={"bank_id": bank_id},
-                    )
-                writer = self._writers[bank_id] = BankWriter(
-                    self.store, bank, self._settings, self._clock
-                )
-            return writer
-
-    def _load(self, bank_id: str) -> Bank | None:
-        try:
-            bank: Bank = self.store.repository.get(bank_uuid(bank_id))
-        except AggregateNotFoundError:
-            return None
-        return bank
+def _account_not_found(account_id: str) -> NotFound:
+    return NotFound(
+        "ACCOUNT_NOT_FOUND",
+        f"account {account_id!r} does not exist in this bank",
+        field="account_id",
+        metadata={"account_id": account_id},
+    )

@@ -21,13 +21,21 @@ def encode_token(kind: str, position: int) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
 
 
-def decode_token(kind: str, token: str, position_max: int) -> int | None:
+# No position is larger: a token naming one was not made by a list of ours.
+_position_max = 2**62
+
+
+def bad_token() -> InvalidInput:
+    return InvalidInput(
+        "INVALID_PAGE_TOKEN", "page_token is not one this list returned", field="page_token"
+    )
+
+
+def decode_token(kind: str, token: str) -> int | None:
     """The position a token points at, or None for the first page."""
     if not token:
         return None
-    bad = InvalidInput(
-        "INVALID_PAGE_TOKEN", "page_token is not one this list returned", field="page_token"
-    )
+    bad = bad_token()
     if len(token) > 64:
         raise bad
     try:
@@ -38,6 +46,6 @@ def decode_token(kind: str, token: str, position_max: int) -> int | None:
     if token_kind != kind or not (number.isascii() and number.isdigit()):
         raise bad
     position = int(number)
-    if position > position_max:
+    if position > _position_max:
         raise bad
     return position

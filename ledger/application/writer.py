@@ -1,216 +1,290 @@
-"""One bank's single writer: applies queued commands in order and commits each batch as one save.
+"""One bank's writer: its queue of commands and its decision state, run by any pool thread.
 
-Callers on many threads submit commands; one thread per bank takes what is waiting (at most
-`writer_batch_max`), applies each command to the in-memory Bank (a refused command records
-nothing and does not affect its neighbours), saves all resulting events in one transaction,
-and only then answers each caller. If the save fails, nobody is told success: the writer
-reloads the bank from the store and every caller in that batch gets a retryable error.
+A writer has no thread of its own. When commands arrive it asks the pool (writers.py) to run
+it; a pool thread then takes what is waiting (at most `writer_batch_max` commands), applies
+each to a Batch over the bank's state (a refused command records nothing and does not affect
+its neighbours), commits all the batch's events and index rows in one transaction, and only
+then answers each caller. At most one pool thread runs a given writer at a time, so each bank
+still has exactly one writer in this process.
+
+Before each batch the writer makes sure its state is the committed one: it loads the bank
+(snapshot + tail) the first time, and catches up from the store (the events after its
+position) whenever the store is ahead: after another process wrote, after a write conflict,
+or after a commit whose outcome is unknown. A batch that fails to commit is rolled back, so
+the state never holds anything the store does not.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
-from uuid import UUID
+from functools import partial
+from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
-from ledger.application.store import LedgerStore
+from ledger.application import loading
 from ledger.config import Settings
-from ledger.domain.bank import Bank
-from ledger.domain.commands import BankCommand
+from ledger.domain import bank, canonical, history, holds
+from ledger.domain.batch import Batch
+from ledger.domain.commands import Command
 from ledger.domain.errors import DomainError, Overloaded, Unavailable, WriteConflict
+from ledger.domain.records import RecordBook
+from ledger.domain.state import BankState
+from ledger.domain.views import BankView
+from ledger.storage.index import index_write
+from ledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
 
 Result = Any
-T = TypeVar("T")
 Clock = Callable[[], datetime]
+# How often a batch whose commit lost a race is tried again on the caught-up state.
+conflict_retries_max = 1
+
+
+def stopped_error() -> Unavailable:
+    return Unavailable("WRITER_STOPPED", "the ledger is shutting down; retry with the same id")
 
 
 @dataclass(slots=True)
-class _Job:
-    command: BankCommand
+class Job:
+    command: Command
     future: Future[Result] = field(default_factory=Future)
 
 
-class BankWriter:
-    """The only thread in this process that changes one bank."""
+class _Conflict(Exception):
+    """The store already holds a version this batch tried to commit."""
 
-    def __init__(self, store: LedgerStore, bank: Bank, settings: Settings, clock: Clock) -> None:
+
+class BankWriter:
+    """The only code in this process that changes one bank."""
+
+    def __init__(
+        self,
+        bank_id: str,
+        store: LedgerStore,
+        settings: Settings,
+        clock: Clock,
+        schedule: Callable[[BankWriter], None],
+    ) -> None:
+        self.bank_id = bank_id
+        self.bank_uuid = str(bank.bank_uuid(bank_id))
         self._store = store
-        self._bank_uuid: UUID = bank.id
-        self._bank: Bank | None = bank
         self._settings = settings
         self._clock = clock
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.writer_queue_max)
-        # Held while a batch is applied and committed, so readers never see uncommitted state.
-        self._state_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"writer-{bank.created_by.bank_id}", daemon=True
-        )
-        self._thread.start()
+        self._schedule = schedule
+        self._lock = threading.Lock()
+        self._jobs: deque[Job] = deque()
+        self._scheduled = False
+        self._tick_requested = False
+        self._closed = False
+        self._state: BankState | None = None
+        # The last commit's outcome is unknown: catch up before deciding anything.
+        self._stale = False
+        self.last_active = time.monotonic()
 
     # ----------------------------------------------------------------- callers
 
-    def submit(self, command: BankCommand) -> Result:
-        """Queue a validated command and wait until it is committed (or refused)."""
-        if self._stopping.is_set():
-            raise Unavailable(
-                "WRITER_STOPPED", "the ledger is shutting down; retry with the same id"
-            )
-        job = _Job(command)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Overloaded(
-                "WRITER_OVERLOADED", "too many requests are waiting for this bank; retry later"
-            ) from None
-        try:
-            return job.future.result(timeout=self._settings.writer_timeout_seconds)
-        except FutureTimeout:
-            raise Unavailable(
-                "WRITER_TIMEOUT",
-                "the write was not confirmed in time; it may still commit, retry with the same id",
-            ) from None
+    def enqueue(self, job: Job) -> None:
+        with self._lock:
+            if self._closed:
+                raise stopped_error()
+            if len(self._jobs) >= self._settings.writer_queue_max:
+                raise Overloaded(
+                    "WRITER_OVERLOADED", "too many requests are waiting for this bank; retry later"
+                )
+            self._jobs.append(job)
+            self._ready_locked()
 
-    def read(self, reader: Callable[[Bank], T]) -> T:
-        """Run `reader` on the committed state of the bank."""
-        with self._state_lock:
-            return reader(self._loaded())
+    def request_tick(self) -> None:
+        """Run soon even with nothing queued (to expire holds whose deadline passed)."""
+        with self._lock:
+            if not self._closed:
+                self._tick_requested = True
+                self._ready_locked()
+
+    def _ready_locked(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule(self)
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._scheduled and not self._jobs
+
+    @property
+    def exists(self) -> bool:
+        """Whether the bank was found (False until loaded, and for ids no bank has)."""
+        state = self._state
+        return state is not None and state.exists
+
+    def next_deadline(self) -> datetime | None:
+        state = self._state
+        return state.next_deadline() if state is not None else None
 
     def close(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=1.0)
-        self._thread.join(timeout=self._settings.writer_timeout_seconds)
-        self._fail_waiting(
-            Unavailable("WRITER_STOPPED", "the ledger is shutting down; retry with the same id")
-        )
+        """Take no more work; fail what is still queued (a running batch finishes)."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        for job in jobs:
+            _settle(job, stopped_error())
 
-    # ----------------------------------------------------------------- the writer thread
+    # ----------------------------------------------------------------- a pool thread
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                first = self._queue.get(timeout=self._idle_wait_seconds())
-            except queue.Empty:
-                self._process([])  # nothing waiting: only expire what is due
-                continue
-            if first is None:
-                break
-            jobs = self._gather(first)
+    def run(self) -> None:
+        """Process one batch of what is waiting (called by one pool thread at a time)."""
+        with self._lock:
+            count = min(len(self._jobs), self._settings.writer_batch_max)
+            jobs = [self._jobs.popleft() for _ in range(count)]
+            self._tick_requested = False
+        try:
             self._process(jobs)
+        except Exception as error:
+            # A bug, not an operating error: the batch was rolled back; nobody waits forever.
+            log.exception("writer_batch_crashed bank_id=%s", self.bank_id)
+            self._state = None
+            for job in jobs:
+                _settle(job, error)
+        finally:
+            self.last_active = time.monotonic()
+            with self._lock:
+                if (self._jobs or self._tick_requested) and not self._closed:
+                    self._schedule(self)
+                else:
+                    self._scheduled = False
 
-    def _gather(self, first: _Job) -> list[_Job]:
-        """The first job and what follows it, up to the batch maximum and the batch wait."""
-        jobs = [first]
-        wait_until = time.monotonic() + self._settings.writer_batch_wait_seconds
-        while len(jobs) < self._settings.writer_batch_max:
-            remaining = wait_until - time.monotonic()
+    def _process(self, jobs: list[Job]) -> None:
+        for attempt in range(conflict_retries_max + 1):
             try:
-                job = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
-            if job is None:
-                self._stopping.set()
-                break
-            jobs.append(job)
-        return jobs
-
-    def _idle_wait_seconds(self) -> float:
-        wait = self._settings.expiry_interval_seconds
-        bank = self._bank
-        deadline = bank.next_deadline() if bank is not None else None
-        if deadline is not None:
-            wait = min(wait, max(0.0, (deadline - self._clock()).total_seconds()))
-        return max(wait, 0.001)
-
-    def _process(self, jobs: list[_Job]) -> None:
-        with self._state_lock:
+                state = self._current_state()
+            except DomainError as error:
+                for job in jobs:
+                    _settle(job, error)
+                return
             try:
-                bank = self._loaded()
-                results = self._apply(bank, jobs)
-                bank.flush()
-                if bank.pending_events:
-                    self._store.save(bank)
-            except Unavailable as error:
-                self._fail(jobs, error)
+                self._attempt(state, jobs)
                 return
-            except IntegrityError:
-                self._bank = None  # another writer committed first; reload before the next batch
-                log.warning("writer_conflict bank=%s", self._bank_uuid)
-                self._fail(
-                    jobs,
-                    WriteConflict(
-                        "WRITE_CONFLICT",
-                        "another writer changed this bank at the same time; retry with the same id",
-                    ),
-                )
+            except DomainError as error:  # the store could not be read or written
+                for job in jobs:
+                    _settle(job, error)
                 return
-            except Exception:
-                self._bank = None  # state may hold events that were never committed
-                log.exception("writer_commit_failed bank=%s", self._bank_uuid)
-                self._fail(
-                    jobs,
-                    Unavailable(
-                        "COMMIT_FAILED",
-                        "the ledger could not commit this write; retry with the same id",
-                    ),
-                )
-                return
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, DomainError):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            except _Conflict:
+                # Another writer committed first: catch up and decide again on its state.
+                log.warning("writer_conflict bank_id=%s attempt=%s", self.bank_id, attempt + 1)
+                self._stale = True
+        conflict = WriteConflict(
+            "WRITE_CONFLICT",
+            "another writer changed this bank at the same time; retry with the same id",
+        )
+        for job in jobs:
+            _settle(job, conflict)
 
-    def _apply(self, bank: Bank, jobs: list[_Job]) -> list[Result]:
+    def _current_state(self) -> BankState:
+        try:
+            if self._state is None:
+                self._state = loading.load_bank(self._store, self.bank_uuid)
+                self._stale = False
+                self._maybe_snapshot(self._state)
+            elif self._stale or self._store.position(self.bank_uuid) > self._state.version:
+                loading.catch_up(self._store, self._state)
+                self._stale = False
+        except DomainError:
+            self._state = None
+            raise
+        except Exception:
+            log.exception("writer_load_failed bank_id=%s", self.bank_id)
+            self._state = None
+            raise Unavailable(
+                "STORE_UNAVAILABLE", "the event store cannot be read; retry later"
+            ) from None
+        return self._state
+
+    def _attempt(self, state: BankState, jobs: list[Job]) -> None:
         now = self._clock()
-        bank.expire_due(now)
+        records = RecordBook(
+            partial(self._store.transfers, self.bank_uuid),
+            partial(self._store.requests, self.bank_uuid),
+        )
+        try:
+            records.prefetch(*bank.referenced_ids(job.command for job in jobs))
+        except Exception:
+            log.exception("writer_lookup_failed bank_id=%s", self.bank_id)
+            raise Unavailable(
+                "STORE_UNAVAILABLE", "the index cannot be read; retry later"
+            ) from None
+        batch = Batch(state, now, records)
+        try:
+            results = self._apply(batch, jobs, now)
+            self._commit(batch, state)
+        except BaseException:
+            batch.rollback()
+            raise
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BankView):
+                result = state.view()  # with the chain head, known once encoded
+            _settle(job, result)
+        self._maybe_snapshot(state)
+
+    def _apply(self, batch: Batch, jobs: list[Job], now: datetime) -> list[Result]:
+        holds.expire_due(batch, now)
         results: list[Result] = []
         for job in jobs:
             try:
-                results.append(bank.execute(job.command, now))
+                results.append(bank.execute(batch, self.bank_id, job.command))
             except DomainError as error:
                 results.append(error)
         return results
 
-    def _loaded(self) -> Bank:
-        if self._bank is None:
-            try:
-                self._bank = self._store.repository.get(self._bank_uuid)
-            except Exception:
-                log.exception("writer_reload_failed bank=%s", self._bank_uuid)
-                raise Unavailable(
-                    "STORE_UNAVAILABLE", "the event store cannot be read; retry later"
-                ) from None
-        return self._bank
+    def _commit(self, batch: Batch, state: BankState) -> None:
+        if not batch.events:
+            batch.commit(state.chain_head)
+            return
+        stored = history.encode(batch, state.chain_head)
+        write = index_write(batch, stored)
+        try:
+            self._store.append(self.bank_uuid, stored, write)
+        except IntegrityError:
+            raise _Conflict from None
+        except Exception:
+            # The commit may or may not have happened: find out before the next decision.
+            log.exception("writer_commit_failed bank_id=%s", self.bank_id)
+            self._stale = True
+            raise Unavailable(
+                "COMMIT_FAILED", "the ledger could not commit this write; retry with the same id"
+            ) from None
+        batch.commit(stored[-1].chain_hash)
 
-    @staticmethod
-    def _fail(jobs: list[_Job], error: DomainError) -> None:
-        for job in jobs:
-            job.future.set_exception(error)
+    def _maybe_snapshot(self, state: BankState) -> None:
+        if (
+            not state.exists
+            or state.changes_since_snapshot < self._settings.snapshot_interval_events
+        ):
+            return
+        try:
+            data = canonical.encode(state.to_snapshot())
+            self._store.save_snapshot(
+                state.bank_uuid, state.version, state.chain_head, data, self._clock()
+            )
+            state.changes_since_snapshot = 0
+        except Exception:
+            # Only loading gets slower without it; the history is untouched.
+            log.exception("snapshot_failed bank_id=%s", self.bank_id)
 
-    def _fail_waiting(self, error: DomainError) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job.future.set_exception(error)
+
+def _settle(job: Job, outcome: Result) -> None:
+    if job.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)

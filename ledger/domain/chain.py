@@ -1,47 +1,51 @@
-"""The hash chain over a bank's events: each event's hash covers its content and the hash before it.
+"""The hash chain over a bank's events (history format v2): each hash covers the stored bytes.
 
-Format (version 1), fixed because auditors and federation peers recompute it:
+    stored bytes = canonical JSON (RFC 8785) of
+                   {"bank": <bank UUID>, "version": <1, 2, ...>, "type": <event type name>,
+                    "timestamp": <ISO 8601 UTC, microseconds>, "fields": {<the event's fields>}}
+    chain_hash   = sha256( bytes.fromhex(previous chain_hash) || stored bytes ).hexdigest()
 
-    chain_hash = sha256( bytes.fromhex(previous_chain_hash) || canonical_json(body) ).hexdigest()
-
-where the previous hash of the first event is 64 zeros, and `body` is the JSON object
-{"bank": <bank aggregate UUID>, "version": <event number, from 1>, "type": <event class name>,
- "timestamp": <ISO 8601 UTC with microseconds>, "fields": {<the event's own fields>}},
-serialised with sorted keys, no whitespace, UTF-8, non-ASCII kept as is.
+with 64 zeros as the previous hash of event 1. The bytes hashed are the bytes stored, so a row
+can be checked with sha256 and a JSON parser alone (docs/history-format.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from ledger.domain import canonical
+
+FORMAT_VERSION = 2
 GENESIS_HASH = "0" * 64
 
 
-def canonical_body(
+def timestamp_text(moment: datetime) -> str:
+    """How an event's time is written: ISO 8601 in UTC with microseconds and +00:00."""
+    offset = moment.utcoffset()
+    assert offset is not None, f"{moment!r} has no time zone"
+    assert not offset, f"{moment!r} is not UTC"
+    return moment.isoformat(timespec="microseconds")
+
+
+def event_bytes(
     bank_uuid: str, version: int, event_type: str, timestamp: datetime, fields: Mapping[str, Any]
 ) -> bytes:
+    """The stored (and hashed) bytes of one event."""
     body = {
         "bank": bank_uuid,
         "version": version,
         "type": event_type,
-        "timestamp": timestamp.isoformat(timespec="microseconds"),
-        "fields": dict(fields),
+        "timestamp": timestamp_text(timestamp),
+        "fields": fields,
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical.encode(body)
 
 
-def next_hash(
-    previous_hash: str,
-    bank_uuid: str,
-    version: int,
-    event_type: str,
-    timestamp: datetime,
-    fields: Mapping[str, Any],
-) -> str:
+def next_hash(previous_hash: str, stored: bytes) -> str:
+    """The chain hash of an event whose stored bytes are `stored`, after `previous_hash`."""
     digest = hashlib.sha256(bytes.fromhex(previous_hash))
-    digest.update(canonical_body(bank_uuid, version, event_type, timestamp, fields))
+    digest.update(stored)
     return digest.hexdigest()

@@ -55,6 +55,25 @@ def check_text(field: str, value: str, length_max: int, *, required: bool = Fals
         ) from None
 
 
+def check_actor(actor: str, actor_label: str) -> None:
+    check_text("actor", actor, limits.actor_length_max)
+    check_text("actor_label", actor_label, limits.actor_length_max)
+
+
+_date_re = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def check_date(field: str, value: str) -> None:
+    """A calendar date written exactly YYYY-MM-DD in ASCII digits (no week dates, no ٢٠٢٤)."""
+    bad = InvalidInput("INVALID_DATE", f"{field} must be a date as YYYY-MM-DD", field=field)
+    if not _date_re.fullmatch(value):
+        raise bad
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise bad from None
+
+
 def check_amount(field: str, amount_minutes: int) -> None:
     if amount_minutes <= 0:
         raise InvalidInput(
@@ -88,8 +107,9 @@ class Command:
 
     # The field that carries the client-chosen idempotency id.
     id_field: str = ""
-    # Fields that are metadata about the call, not content a retry must repeat.
-    not_content: tuple[str, ...] = ("actor",)
+    # Fields that are metadata about the call, not content a retry must repeat: who called
+    # (`actor`, the authenticated caller) and the label the client gave (`actor_label`).
+    not_content: tuple[str, ...] = ("actor", "actor_label")
 
     def validate(self) -> None:
         raise NotImplementedError
@@ -110,28 +130,19 @@ class Command:
             _content_fields[cls] = names
         return names
 
-    def first_difference(self, earlier: Command) -> str | None:
-        """The first content field in which this retry differs from the earlier command."""
-        if type(earlier) is not type(self):
-            return "kind"
-        mine, theirs = self.content(), earlier.content()
-        for name, value in mine.items():
-            if theirs.get(name) != value:
-                return name
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class CreateBank(Command):
     bank_id: str
     name: str
     actor: str = ""
+    actor_label: str = ""
     id_field = "bank_id"
 
     def validate(self) -> None:
         check_id("bank_id", self.bank_id)
         check_text("name", self.name, limits.bank_name_length_max, required=True)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,7 @@ class OpenAccount(Command):
     lower_limit_minutes: int = 0
     upper_limit_minutes: int | None = None
     actor: str = ""
+    actor_label: str = ""
     id_field = "account_id"
 
     def validate(self) -> None:
@@ -152,7 +164,7 @@ class OpenAccount(Command):
                 field="kind",
             )
         check_limits(self.lower_limit_minutes, self.upper_limit_minutes)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +175,7 @@ class ChangeLimits(Command):
     upper_limit_minutes: int | None = None
     reason: str = ""
     actor: str = ""
+    actor_label: str = ""
     id_field = "request_id"
 
     def validate(self) -> None:
@@ -170,7 +183,7 @@ class ChangeLimits(Command):
         check_id("account_id", self.account_id)
         check_limits(self.lower_limit_minutes, self.upper_limit_minutes)
         check_text("reason", self.reason, limits.reason_length_max)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 STATUS_ACTIONS = ("freeze", "unfreeze", "close")
@@ -183,6 +196,7 @@ class ChangeStatus(Command):
     action: str
     reason: str = ""
     actor: str = ""
+    actor_label: str = ""
     id_field = "request_id"
 
     def validate(self) -> None:
@@ -195,7 +209,7 @@ class ChangeStatus(Command):
                 field="action",
             )
         check_text("reason", self.reason, limits.reason_length_max)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +226,7 @@ class CreateTransfer(Command):
     # Pending only: seconds until the hold expires; 0 holds it until posted or voided.
     timeout_seconds: int = 0
     actor: str = ""
+    actor_label: str = ""
     id_field = "transfer_id"
 
     def validate(self) -> None:
@@ -227,22 +242,9 @@ class CreateTransfer(Command):
         check_amount("amount_minutes", self.amount_minutes)
         check_text("memo", self.memo, limits.memo_length_max)
         check_text("category", self.category, limits.category_length_max)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
         if self.service_date:
-            try:
-                date.fromisoformat(self.service_date)
-            except ValueError:
-                raise InvalidInput(
-                    "INVALID_DATE",
-                    "service_date must be a date as YYYY-MM-DD",
-                    field="service_date",
-                ) from None
-            if len(self.service_date) != 10:
-                raise InvalidInput(
-                    "INVALID_DATE",
-                    "service_date must be a date as YYYY-MM-DD",
-                    field="service_date",
-                )
+            check_date("service_date", self.service_date)
         if not self.pending and self.timeout_seconds:
             raise InvalidInput(
                 "TIMEOUT_WITHOUT_PENDING",
@@ -284,6 +286,7 @@ class PostPending(Command):
     # None posts the full pending amount; less posts part and releases the rest.
     amount_minutes: int | None = None
     actor: str = ""
+    actor_label: str = ""
     id_field = "request_id"
 
     def validate(self) -> None:
@@ -291,7 +294,7 @@ class PostPending(Command):
         check_id("transfer_id", self.transfer_id)
         if self.amount_minutes is not None:
             check_amount("amount_minutes", self.amount_minutes)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,13 +303,14 @@ class VoidPending(Command):
     transfer_id: str
     reason: str = ""
     actor: str = ""
+    actor_label: str = ""
     id_field = "request_id"
 
     def validate(self) -> None:
         check_id("request_id", self.request_id)
         check_id("transfer_id", self.transfer_id)
         check_text("reason", self.reason, limits.reason_length_max)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +319,7 @@ class ReverseTransfer(Command):
     reverses_transfer_id: str
     reason: str
     actor: str = ""
+    actor_label: str = ""
     id_field = "transfer_id"
 
     def validate(self) -> None:
@@ -325,7 +330,7 @@ class ReverseTransfer(Command):
                 "SAME_TRANSFER", "a reversal needs its own new transfer_id", field="transfer_id"
             )
         check_text("reason", self.reason, limits.reason_length_max, required=True)
-        check_text("actor", self.actor, limits.actor_length_max)
+        check_actor(self.actor, self.actor_label)
 
 
 BankCommand = (

@@ -63,3 +63,7 @@ class Unavailable(DomainError):
 
 class Overloaded(DomainError):
     """Too much work is queued for this bank (RESOURCE_EXHAUSTED); retry later."""
+
+
+class HistoryDamaged(DomainError):
+    """A bank's stored history does not verify (DATA_LOSS); an operator must look at it."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -12,16 +14,12 @@ from enum import StrEnum
 from typing import Any, Final
 from uuid import UUID
 
-from ledger.domain import chain
-
-# Attributes every stored event carries besides its own fields; the chain hashes the rest.
-ENVELOPE_KEYS: Final = frozenset(
-    {"originator_id", "originator_version", "timestamp", "originator_topic", "chain_hash"}
-)
 # A corrupt history could break every event; keep the first ones and count the rest.
 violations_kept_max: Final = 1_000
 
 _hash_re = re.compile(r"^[0-9a-f]{64}$")
+# The previous hash of a bank's first event.
+GENESIS_HASH: Final = "0" * 64
 
 
 class Reason(StrEnum):
@@ -29,6 +27,7 @@ class Reason(StrEnum):
 
     # Invariant 4: the history is complete, in order, unmodified and hash-chained.
     MALFORMED_EVENT = "MALFORMED_EVENT"
+    NOT_CANONICAL = "NOT_CANONICAL"
     WRONG_BANK = "WRONG_BANK"
     VERSION_GAP = "VERSION_GAP"
     VERSION_OUT_OF_ORDER = "VERSION_OUT_OF_ORDER"
@@ -76,7 +75,8 @@ class Violation:
 
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
-    """One event as the verifier reads it: the envelope the chain covers, and the event's fields."""
+    """One stored event as the verifier reads it: its bytes, the hash kept for it, and what
+    the bytes say (bank, version, type, timestamp, fields)."""
 
     bank_uuid: str
     version: int
@@ -84,36 +84,69 @@ class RecordedEvent:
     timestamp: datetime
     chain_hash: str
     fields: Mapping[str, Any]
+    stored: bytes
+    # Whether `stored` is exactly the canonical JSON of what it holds.
+    canonical: bool = True
 
     @classmethod
-    def of(cls, event: object) -> RecordedEvent:
-        """Read an eventsourcing domain event; MalformedEventError if its envelope is unusable."""
-        if isinstance(event, RecordedEvent):
-            return event
+    def from_stored(cls, stored: bytes, chain_hash: str) -> RecordedEvent:
+        """Read a stored row: its bytes and its chain hash. MalformedEventError if the bytes
+        are not an event (not JSON, or without a usable bank, version or timestamp)."""
         try:
-            attributes = dict(vars(event))
-        except TypeError:
-            raise MalformedEventError(f"{type(event).__name__} has no attributes") from None
-        originator_id = attributes.get("originator_id")
-        version = attributes.get("originator_version")
-        timestamp = attributes.get("timestamp")
-        chain_hash = attributes.get("chain_hash")
-        if not isinstance(originator_id, UUID | str):
-            raise MalformedEventError(f"originator_id {originator_id!r} is not a UUID")
+            body = json.loads(stored)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise MalformedEventError(f"not JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise MalformedEventError("the event is not a JSON object")
+        bank, version, kind = body.get("bank"), body.get("version"), body.get("type")
+        timestamp_text, fields = body.get("timestamp"), body.get("fields")
+        if not isinstance(bank, str):
+            raise MalformedEventError(f"bank {bank!r} is not a UUID")
         if type(version) is not int:
-            raise MalformedEventError(f"originator_version {version!r} is not an integer")
-        if not isinstance(timestamp, datetime) or timestamp.utcoffset() is None:
-            raise MalformedEventError(f"timestamp {timestamp!r} is not a datetime with a zone")
-        if not isinstance(chain_hash, str):
-            raise MalformedEventError(f"event {version} has no chain_hash")
+            raise MalformedEventError(f"version {version!r} is not an integer")
+        if not isinstance(kind, str) or not isinstance(fields, dict):
+            raise MalformedEventError(f"event {version} has no type or no fields")
+        try:
+            timestamp = datetime.fromisoformat(str(timestamp_text))
+        except ValueError:
+            raise MalformedEventError(f"timestamp {timestamp_text!r} is not ISO 8601") from None
+        if timestamp.utcoffset() is None:
+            raise MalformedEventError(f"timestamp {timestamp_text!r} has no time zone")
+        try:
+            canonical = canonical_json(body) == stored
+        except ValueError:
+            canonical = False
         return cls(
-            bank_uuid=str(originator_id),
+            bank_uuid=bank,
             version=version,
-            type=type(event).__name__,
+            type=kind,
             timestamp=timestamp,
             chain_hash=chain_hash,
-            fields={k: v for k, v in attributes.items() if k not in ENVELOPE_KEYS},
+            fields=fields,
+            stored=bytes(stored),
+            canonical=canonical,
         )
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON with the standard library alone (keys in UTF-16 order)."""
+    return _canonical_text(value).encode("utf-8")
+
+
+def _canonical_text(value: Any) -> str:
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: str(item[0]).encode("utf-16-be"))
+        inner = ",".join(f"{_canonical_text(str(k))}:{_canonical_text(v)}" for k, v in items)
+        return "{" + inner + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical_text(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        if abs(value) > 2**53 - 1:
+            raise ValueError(f"integer {value} is outside JSON's safe range")
+        return str(value)
+    raise ValueError(f"{type(value).__name__} has no canonical form in this history")
 
 
 class MalformedEventError(ValueError):
@@ -185,7 +218,7 @@ class Report:
 
 # The fields the verifier reads from each event type, with their exact types.
 _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
-    "Created": {"bank_id": (str,)},
+    "BankCreated": {"bank_id": (str,)},
     "AccountOpened": {
         "account_id": (str,),
         "kind": (str,),
@@ -223,11 +256,11 @@ _TRANSFER_ITEM_SCHEMA: Final[Mapping[str, tuple[type, ...]]] = {
 }
 
 
-def verify(events: Iterable[object], bank_uuid: UUID | str | None = None) -> Report:
-    """Check a whole history, oldest first."""
+def verify(rows: Iterable[tuple[bytes, str]], bank_uuid: UUID | str | None = None) -> Report:
+    """Check a whole history given as (stored bytes, chain hash) rows, oldest first."""
     verifier = Verifier(bank_uuid)
-    for event in events:
-        verifier.feed(event)
+    for stored, chain_hash in rows:
+        verifier.feed_stored(stored, chain_hash)
     return verifier.report()
 
 
@@ -255,7 +288,7 @@ class Verifier:
         self._events_checked = 0
         self._position = 0
         # The hash the next event must follow; None after a gap, where it cannot be known.
-        self._previous_hash: str | None = chain.GENESIS_HASH
+        self._previous_hash: str | None = GENESIS_HASH
         self._chain_head = ""
         self._last_timestamp: datetime | None = None
         self._created = False
@@ -267,7 +300,7 @@ class Verifier:
         self._violation_count = 0
         self._new: list[Violation] = []
         self._handlers: dict[str, Callable[[RecordedEvent, _Step], None]] = {
-            "Created": self._created_event,
+            "BankCreated": self._created_event,
             "AccountOpened": self._account_opened,
             "AccountLimitsChanged": self._limits_changed,
             "AccountStatusChanged": self._status_changed,
@@ -281,16 +314,10 @@ class Verifier:
 
     # ----------------------------------------------------------------- the stream
 
-    def feed(self, event: object) -> list[Violation]:
-        """Check the next event (a domain event or a RecordedEvent); returns what it broke."""
+    def feed(self, record: RecordedEvent) -> list[Violation]:
+        """Check the next stored event; returns what it broke."""
         self._new = []
         self._events_checked += 1
-        try:
-            record = RecordedEvent.of(event)
-        except MalformedEventError as error:
-            # Not counted as a version: if it was one, the next event shows the gap.
-            self._report(self._position + 1, Reason.MALFORMED_EVENT, str(error))
-            return self._new
         if self._in_order(record):
             self._check_chain(record)
             self._check_timestamp(record)
@@ -340,29 +367,37 @@ class Verifier:
         self._position = record.version
         return True
 
+    def feed_stored(self, stored: bytes, chain_hash: str) -> list[Violation]:
+        """Check the next stored row (its bytes and the chain hash kept for it)."""
+        try:
+            record = RecordedEvent.from_stored(stored, chain_hash)
+        except MalformedEventError as error:
+            self._new = []
+            self._events_checked += 1
+            # Not counted as a version: if it was one, the next event shows the gap.
+            self._report(self._position + 1, Reason.MALFORMED_EVENT, str(error))
+            return self._new
+        return self.feed(record)
+
     def _check_chain(self, record: RecordedEvent) -> None:
+        """The hash covers the stored bytes exactly: sha256(previous hash || bytes)."""
         previous = self._previous_hash
         self._chain_head = record.chain_hash
         self._previous_hash = record.chain_hash if _hash_re.match(record.chain_hash) else None
+        if not record.canonical:
+            self._report(
+                record.version,
+                Reason.NOT_CANONICAL,
+                "the stored bytes are not the canonical JSON (RFC 8785) of what they hold",
+            )
         if previous is None:
             return
-        try:
-            expected = chain.next_hash(
-                previous,
-                record.bank_uuid,
-                record.version,
-                record.type,
-                record.timestamp,
-                record.fields,
-            )
-        except (TypeError, ValueError) as error:
-            self._report(record.version, Reason.CHAIN_BROKEN, f"content cannot be hashed: {error}")
-            return
+        expected = hashlib.sha256(bytes.fromhex(previous) + record.stored).hexdigest()
         if expected != record.chain_hash:
             self._report(
                 record.version,
                 Reason.CHAIN_BROKEN,
-                f"stored hash {record.chain_hash[:12]}... does not follow from the content and "
+                f"stored hash {record.chain_hash[:12]}... does not follow from the bytes and "
                 f"the previous hash (expected {expected[:12]}...)",
             )
 

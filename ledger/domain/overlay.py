@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ledger.domain.errors import PreconditionFailed
-from ledger.domain.state import AccountState
+from ledger.domain.state import Account
 
 
 class LimitOverlay:
@@ -14,7 +14,7 @@ class LimitOverlay:
         self._credit_delta_minutes: dict[str, int] = {}
 
     def check_and_add(
-        self, payer: AccountState, payee: AccountState, amount_minutes: int, *, pending: bool
+        self, payer: Account, payee: Account, amount_minutes: int, *, pending: bool
     ) -> None:
         """Refuse if the transfer would take either account past a limit; else add its effect."""
         debit_exposure = payer.debit_exposure_minutes + self._debit_delta_minutes.get(

@@ -1,33 +1,45 @@
-"""Mutable in-memory state of accounts and transfers inside one bank aggregate."""
+"""A bank's decision state: only what deciding the next command needs, kept in memory.
+
+Accounts (balances, holds, limits, status) and open pending transfers with their deadlines.
+Closed transfers, each account's transfer list and every idempotency record live in the
+index tables instead (records.py), so this grows with the number of accounts and open holds,
+never with the length of the history. The state is snapshotted (to_snapshot/from_snapshot)
+so that loading a bank costs its accounts and holds, not its history.
+"""
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from ledger.domain.commands import CreateTransfer, OpenAccount, ReverseTransfer
-from ledger.domain.views import AccountView, TransferView
+from ledger.domain import chain
+from ledger.domain.views import AccountView, BankView
+
+SNAPSHOT_FORMAT = 1
 
 
 @dataclass(slots=True)
-class AccountState:
-    opened_by: OpenAccount
+class Account:
+    account_id: str
+    # 1, 2, 3...: the order accounts were opened in (ListAccounts' order).
+    number: int
+    kind: str
+    status: str
     lower_limit_minutes: int
     upper_limit_minutes: int | None
+    # The limits it was opened with: what a retry of OpenAccount must repeat.
+    opened_lower_limit_minutes: int
+    opened_upper_limit_minutes: int | None
     opened_at: datetime
     updated_at: datetime
+    # Position of the last event that changed this account.
     position: int
-    status: str = "open"
     # Balance = minutes received - minutes paid (posted only).
     balance_minutes: int = 0
     pending_debit_minutes: int = 0
     pending_credit_minutes: int = 0
-    # Ids of the transfers this account took part in, oldest first.
-    transfer_ids: list[str] = field(default_factory=list)
-
-    @property
-    def account_id(self) -> str:
-        return self.opened_by.account_id
 
     @property
     def debit_exposure_minutes(self) -> int:
@@ -39,10 +51,14 @@ class AccountState:
         """The balance if every pending credit posts and no pending debit does."""
         return self.balance_minutes + self.pending_credit_minutes
 
+    def touch(self, timestamp: datetime, position: int) -> None:
+        self.updated_at = timestamp
+        self.position = position
+
     def view(self) -> AccountView:
         return AccountView(
             account_id=self.account_id,
-            kind=self.opened_by.kind,
+            kind=self.kind,
             status=self.status,
             lower_limit_minutes=self.lower_limit_minutes,
             upper_limit_minutes=self.upper_limit_minutes,
@@ -55,58 +71,148 @@ class AccountState:
         )
 
 
-@dataclass(slots=True)
-class TransferState:
-    # The command that created it: what an idempotent retry must repeat.
-    created_by: CreateTransfer | ReverseTransfer
-    kind: str
-    status: str
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An open pending transfer: its amount is reserved against both accounts' limits."""
+
+    transfer_id: str
     payer_account_id: str
     payee_account_id: str
     amount_minutes: int
-    created_at: datetime
-    created_position: int
-    position: int
-    deadline: datetime | None = None
-    posted_amount_minutes: int = 0
-    resolved_at: datetime | None = None
-    reversed_by_transfer_id: str = ""
+    deadline: datetime | None
+
+
+@dataclass(slots=True)
+class BankState:
+    bank_uuid: str
+    # Set by the BankCreated event (version 1); empty at version 0, before it exists.
+    bank_id: str = ""
+    name: str = ""
+    created_at: datetime | None = None
+    version: int = 0
+    chain_head: str = chain.GENESIS_HASH
+    # The latest event's timestamp: a bank's timestamps never go backwards.
+    last_timestamp: datetime | None = None
+    # Transfers ever recorded (reversals included); the last one's number.
+    transfer_count: int = 0
+    accounts: dict[str, Account] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    # (deadline, transfer_id) of holds that can expire; entries of resolved holds are skipped.
+    deadlines: list[tuple[datetime, str]] = field(default_factory=list, compare=False)
+    # Changes (events, and each transfer of a grouped event) since the latest snapshot.
+    changes_since_snapshot: int = field(default=0, compare=False)
 
     @property
-    def transfer_id(self) -> str:
-        return self.created_by.transfer_id
+    def exists(self) -> bool:
+        return self.version > 0
 
-    def view(self) -> TransferView:
-        origin = self.created_by
-        if isinstance(origin, CreateTransfer):
-            memo, category, service_date, reverses, reason = (
-                origin.memo,
-                origin.category,
-                origin.service_date,
-                "",
-                "",
-            )
-        else:
-            memo, category, service_date = "", "", ""
-            reverses, reason = origin.reverses_transfer_id, origin.reason
-        return TransferView(
-            transfer_id=self.transfer_id,
-            kind=self.kind,
-            status=self.status,
-            payer_account_id=self.payer_account_id,
-            payee_account_id=self.payee_account_id,
-            amount_minutes=self.amount_minutes,
-            posted_amount_minutes=self.posted_amount_minutes,
-            memo=memo,
-            category=category,
-            service_date=service_date,
+    def view(self) -> BankView:
+        assert self.created_at is not None, "a bank that exists has its creation time"
+        return BankView(
+            bank_id=self.bank_id,
+            name=self.name,
             created_at=self.created_at,
-            deadline=self.deadline,
-            resolved_at=self.resolved_at,
-            reverses_transfer_id=reverses,
-            reversed_by_transfer_id=self.reversed_by_transfer_id,
-            reason=reason,
-            actor=origin.actor,
-            created_position=self.created_position,
-            position=self.position,
+            position=self.version,
+            chain_head=self.chain_head,
+            account_count=len(self.accounts),
+            transfer_count=self.transfer_count,
         )
+
+    def next_deadline(self) -> datetime | None:
+        """When the next hold may expire (stale entries make this early, never late)."""
+        return self.deadlines[0][0] if self.deadlines else None
+
+    # ----------------------------------------------------------------- snapshots
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """Everything above as JSON values (times as ISO 8601 text), in a stable order."""
+        assert self.created_at is not None
+        assert self.last_timestamp is not None
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "bank": self.bank_uuid,
+            "bank_id": self.bank_id,
+            "name": self.name,
+            "created_at": chain.timestamp_text(self.created_at),
+            "version": self.version,
+            "chain_head": self.chain_head,
+            "last_timestamp": chain.timestamp_text(self.last_timestamp),
+            "transfer_count": self.transfer_count,
+            "accounts": [_account_json(a) for a in self.accounts.values()],
+            "holds": [_hold_json(h) for h in self.holds.values()],
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> BankState:
+        assert data["format"] == SNAPSHOT_FORMAT, f"unknown snapshot format {data['format']}"
+        accounts = [_account_of(item) for item in data["accounts"]]
+        holds = [_hold_of(item) for item in data["holds"]]
+        state = cls(
+            bank_uuid=data["bank"],
+            bank_id=data["bank_id"],
+            name=data["name"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            version=data["version"],
+            chain_head=data["chain_head"],
+            last_timestamp=datetime.fromisoformat(data["last_timestamp"]),
+            transfer_count=data["transfer_count"],
+            accounts={a.account_id: a for a in sorted(accounts, key=lambda a: a.number)},
+            holds={h.transfer_id: h for h in holds},
+        )
+        state.deadlines = [(h.deadline, h.transfer_id) for h in holds if h.deadline is not None]
+        heapq.heapify(state.deadlines)
+        return state
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else chain.timestamp_text(moment)
+
+
+def _time_of(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _account_json(account: Account) -> dict[str, Any]:
+    return {
+        "account_id": account.account_id,
+        "number": account.number,
+        "kind": account.kind,
+        "status": account.status,
+        "lower_limit_minutes": account.lower_limit_minutes,
+        "upper_limit_minutes": account.upper_limit_minutes,
+        "opened_lower_limit_minutes": account.opened_lower_limit_minutes,
+        "opened_upper_limit_minutes": account.opened_upper_limit_minutes,
+        "opened_at": chain.timestamp_text(account.opened_at),
+        "updated_at": chain.timestamp_text(account.updated_at),
+        "position": account.position,
+        "balance_minutes": account.balance_minutes,
+        "pending_debit_minutes": account.pending_debit_minutes,
+        "pending_credit_minutes": account.pending_credit_minutes,
+    }
+
+
+def _account_of(item: dict[str, Any]) -> Account:
+    fields = dict(item)
+    fields["opened_at"] = datetime.fromisoformat(fields["opened_at"])
+    fields["updated_at"] = datetime.fromisoformat(fields["updated_at"])
+    return Account(**fields)
+
+
+def _hold_json(hold: Hold) -> dict[str, Any]:
+    return {
+        "transfer_id": hold.transfer_id,
+        "payer_account_id": hold.payer_account_id,
+        "payee_account_id": hold.payee_account_id,
+        "amount_minutes": hold.amount_minutes,
+        "deadline": _time(hold.deadline),
+    }
+
+
+def _hold_of(item: dict[str, Any]) -> Hold:
+    return Hold(
+        transfer_id=item["transfer_id"],
+        payer_account_id=item["payer_account_id"],
+        payee_account_id=item["payee_account_id"],
+        amount_minutes=item["amount_minutes"],
+        deadline=_time_of(item["deadline"]),
+    )

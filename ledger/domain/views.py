@@ -76,7 +76,9 @@ class TransferView:
     reverses_transfer_id: str
     reversed_by_transfer_id: str
     reason: str
+    # Who recorded it: the authenticated caller, and the label the client gave.
     actor: str
+    actor_label: str
     # Position of the event that created the transfer, and of its latest change.
     created_position: int
     position: int

@@ -61,7 +61,7 @@ StatusRequest = pb.FreezeAccountRequest | pb.UnfreezeAccountRequest | pb.CloseAc
 
 
 def create_bank(request: pb.CreateBankRequest) -> CreateBank:
-    return CreateBank(bank_id=request.bank_id, name=request.name, actor=request.actor)
+    return CreateBank(bank_id=request.bank_id, name=request.name, actor_label=request.actor)
 
 
 def open_account(request: pb.OpenAccountRequest) -> OpenAccount:
@@ -72,7 +72,7 @@ def open_account(request: pb.OpenAccountRequest) -> OpenAccount:
         upper_limit_minutes=(
             request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
         ),
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -85,7 +85,7 @@ def change_limits(request: pb.ChangeAccountLimitsRequest) -> ChangeLimits:
             request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
         ),
         reason=request.reason,
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -95,7 +95,7 @@ def change_status(request: StatusRequest, action: str) -> ChangeStatus:
         account_id=request.account_id,
         action=action,
         reason=request.reason,
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -110,7 +110,7 @@ def create_transfer(request: pb.CreateTransferRequest | pb.NewTransfer) -> Creat
         service_date=request.service_date,
         pending=request.pending,
         timeout_seconds=request.timeout_seconds,
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -125,7 +125,7 @@ def post_pending(request: pb.PostPendingTransferRequest) -> PostPending:
         request_id=request.request_id,
         transfer_id=request.transfer_id,
         amount_minutes=request.amount_minutes if request.HasField("amount_minutes") else None,
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -134,7 +134,7 @@ def void_pending(request: pb.VoidPendingTransferRequest) -> VoidPending:
         request_id=request.request_id,
         transfer_id=request.transfer_id,
         reason=request.reason,
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -143,7 +143,7 @@ def reverse_transfer(request: pb.ReverseTransferRequest) -> ReverseTransfer:
         transfer_id=request.transfer_id,
         reverses_transfer_id=request.reverses_transfer_id,
         reason=request.reason,
-        actor=request.actor,
+        actor_label=request.actor,
     )
 
 
@@ -208,7 +208,7 @@ def transfer(view: TransferView) -> pb.Transfer:
         reverses_transfer_id=view.reverses_transfer_id,
         reversed_by_transfer_id=view.reversed_by_transfer_id,
         reason=view.reason,
-        actor=view.actor,
+        actor=view.actor_label,  # TODO(issue 8): authenticated actor and label
         created_position=view.created_position,
         position=view.position,
     )

@@ -7,8 +7,11 @@ adds a BadRequest field violation; FAILED_PRECONDITION adds a PreconditionFailur
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -25,6 +28,7 @@ _codes: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.WriteConflict: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.HistoryDamaged: grpc.StatusCode.DATA_LOSS,
 }
 
 # Metadata keys that name the resource a failed precondition is about, and its collection.
@@ -61,6 +65,27 @@ def internal_status() -> grpc.Status:
     """The status of a call that failed unexpectedly: no internals are revealed."""
     info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=error_domain)
     return _status(grpc.StatusCode.INTERNAL, "internal error; it has been logged", [info])
+
+
+def refusal_status(
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    retry_delay_seconds: float | None = None,
+) -> grpc.Status:
+    """A status with an ErrorInfo for a refusal that is not a domain error (the security
+    interceptor's), and a RetryInfo when a retry after `retry_delay_seconds` may succeed."""
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(reason=reason, domain=error_domain, metadata=metadata or {})
+    ]
+    if retry_delay_seconds is not None:
+        delay = duration_pb2.Duration()
+        # Rounded up: a client that waits exactly this long must not be refused again.
+        delay.FromNanoseconds(math.ceil(retry_delay_seconds * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return _status(code, message, details)
 
 
 def error_info(error: errors.DomainError) -> error_details_pb2.ErrorInfo:

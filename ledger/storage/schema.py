@@ -1,0 +1,73 @@
+"""The index tables beside the event log, written in the same transaction as the events.
+
+    ledger_banks              one row per bank: name, position and chain head, counts
+    ledger_accounts           one row per account: kind, status, limits, balances
+    ledger_transfers          every transfer ever recorded, as it stands now
+    ledger_account_transfers  each account's transfers, numbered in the order recorded
+    ledger_requests           the command recorded under each request id, kept forever
+    ledger_chain              each event's chain hash (the event's bytes are in the log)
+    ledger_snapshots          each bank's latest snapshot of its decision state
+
+Times are ISO 8601 text in UTC with microseconds, so they sort as text on both SQLite and
+PostgreSQL. Ids are the client's; `bank_uuid` is the bank's history id with dashes.
+"""
+
+from __future__ import annotations
+
+TABLES = (
+    "ledger_banks",
+    "ledger_accounts",
+    "ledger_transfers",
+    "ledger_account_transfers",
+    "ledger_requests",
+    "ledger_chain",
+    "ledger_snapshots",
+)
+
+
+def statements(prefix: str, blob_type: str) -> list[str]:
+    """CREATE statements; `prefix` qualifies table names (a PostgreSQL schema and a dot)."""
+    p = prefix
+    return [
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_banks ("
+        " bank_uuid TEXT PRIMARY KEY, bank_id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, position BIGINT NOT NULL, chain_head TEXT NOT NULL,"
+        " account_count BIGINT NOT NULL, transfer_count BIGINT NOT NULL,"
+        " updated_at TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_accounts ("
+        " bank_uuid TEXT NOT NULL, account_id TEXT NOT NULL, number BIGINT NOT NULL,"
+        " kind TEXT NOT NULL, status TEXT NOT NULL, lower_limit_minutes BIGINT NOT NULL,"
+        " upper_limit_minutes BIGINT, balance_minutes BIGINT NOT NULL,"
+        " pending_debit_minutes BIGINT NOT NULL, pending_credit_minutes BIGINT NOT NULL,"
+        " opened_at TEXT NOT NULL, updated_at TEXT NOT NULL, position BIGINT NOT NULL,"
+        " PRIMARY KEY (bank_uuid, account_id))",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS ledger_accounts_by_number"
+        f" ON {p}ledger_accounts (bank_uuid, number)",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_transfers ("
+        " bank_uuid TEXT NOT NULL, transfer_id TEXT NOT NULL, number BIGINT NOT NULL,"
+        " kind TEXT NOT NULL, status TEXT NOT NULL, payer_account_id TEXT NOT NULL,"
+        " payee_account_id TEXT NOT NULL, amount_minutes BIGINT NOT NULL,"
+        " posted_amount_minutes BIGINT NOT NULL, memo TEXT NOT NULL, category TEXT NOT NULL,"
+        " service_date TEXT NOT NULL, timeout_seconds BIGINT NOT NULL, created_at TEXT NOT NULL,"
+        " deadline TEXT, resolved_at TEXT, reverses_transfer_id TEXT NOT NULL,"
+        " reversed_by_transfer_id TEXT NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL,"
+        " actor_label TEXT NOT NULL, created_position BIGINT NOT NULL, position BIGINT NOT NULL,"
+        " PRIMARY KEY (bank_uuid, transfer_id))",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS ledger_transfers_by_number"
+        f" ON {p}ledger_transfers (bank_uuid, number)",
+        # What the expiry sweep looks for: open holds with a deadline, in deadline order.
+        f"CREATE INDEX IF NOT EXISTS ledger_transfers_due ON {p}ledger_transfers (deadline)"
+        " WHERE status = 'pending' AND deadline IS NOT NULL",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_account_transfers ("
+        " bank_uuid TEXT NOT NULL, account_id TEXT NOT NULL, number BIGINT NOT NULL,"
+        " transfer_id TEXT NOT NULL, PRIMARY KEY (bank_uuid, account_id, number))",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_requests ("
+        " bank_uuid TEXT NOT NULL, request_id TEXT NOT NULL, kind TEXT NOT NULL,"
+        " content TEXT NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (bank_uuid, request_id))",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_chain ("
+        " bank_uuid TEXT NOT NULL, version BIGINT NOT NULL, chain_hash TEXT NOT NULL,"
+        " PRIMARY KEY (bank_uuid, version))",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_snapshots ("
+        " bank_uuid TEXT PRIMARY KEY, version BIGINT NOT NULL, chain_head TEXT NOT NULL,"
+        f" state {blob_type} NOT NULL, taken_at TEXT NOT NULL)",
+    ]
