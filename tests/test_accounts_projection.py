@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from conftest import Clock, MakeLedger
 
+from ledger.application import loading
 from ledger.application.ledger import Ledger
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import (
@@ -97,8 +98,11 @@ def snapshot(views: ViewDatabase) -> dict[str, list[Row]]:
 
 def stored_report(ledger: Ledger, bank_id: str) -> Report:
     """The independent verifier's reading of the bank's raw stored events."""
-    events = list(ledger.store.events.get(bank_uuid(bank_id)))
-    report = verify(events, bank_uuid(bank_id))
+    uuid = str(bank_uuid(bank_id))
+    rows = [
+        (stored, chain_hash) for _, stored, chain_hash in loading.stored_rows(ledger.store, uuid)
+    ]
+    report = verify(rows, uuid)
     assert report.ok, report.violations
     return report
 

@@ -100,7 +100,7 @@ class RecordingProjection(AccountsProjection):
 
     def apply(self, cursor: Cursor, events: Sequence[Any]) -> None:
         super().apply(cursor, events)
-        self.applied.extend((str(e.originator_id), e.originator_version) for e in events)
+        self.applied.extend((e.bank_uuid, e.version) for e in events)
 
 
 def assert_each_event_once(
@@ -349,7 +349,7 @@ def test_a_crash_mid_batch_leaves_nothing_and_a_new_runner_resumes(
 # A runner in its own process that dies (no rollback, no clean-up) inside its transaction.
 _DYING_RUNNER = """
 import os, sys
-from ledger.application.store import LedgerStore
+from ledger.storage.store import LedgerStore
 from ledger.config import eventsourcing_env
 from projections.accounts import AccountsProjection
 from projections.db import open_views
@@ -384,7 +384,7 @@ class DyingProjection(AccountsProjection):
     def apply(self, cursor, events):
         super().apply(Dying(cursor), events)
 
-runner = ProjectionRunner(LedgerStore(env=eventsourcing_env(url)), views, DyingProjection())
+runner = ProjectionRunner(LedgerStore(eventsourcing_env(url)), views, DyingProjection())
 runner.run_once()
 """
 

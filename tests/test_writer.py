@@ -18,9 +18,11 @@ import pytest
 from conftest import START, Clock, MakeLedger
 from eventsourcing.persistence import StoredEvent
 
+from ledger.application import loading
 from ledger.application.ledger import Ledger
-from ledger.domain.bank import Bank, bank_uuid
-from ledger.domain.commands import BankCommand, CreateBank, CreateTransfer, OpenAccount
+from ledger.domain import history
+from ledger.domain.bank import bank_uuid
+from ledger.domain.commands import Command, CreateBank, CreateTransfer, OpenAccount
 from ledger.domain.errors import (
     DomainError,
     NotFound,
@@ -28,6 +30,7 @@ from ledger.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from ledger.domain.transfers import TransfersCreated
 from ledger.domain.views import TransferView
 
 BANK = "riverside"
@@ -79,8 +82,8 @@ def wait_until(condition: Callable[[], bool]) -> None:
 
 
 def queued(ledger: Ledger) -> int:
-    """Requests waiting for the bank's writer (white-box: the writer keeps no public count)."""
-    return ledger._writer(BANK)._queue.qsize()
+    """Requests waiting for the bank's writer."""
+    return ledger.writers.queued(BANK)
 
 
 def payment(
@@ -112,7 +115,7 @@ class Callers:
         self._threads: list[threading.Thread] = []
         self.answers: dict[str, Any] = {}
 
-    def send(self, name: str, command: BankCommand) -> None:
+    def send(self, name: str, command: Command) -> None:
         def call() -> None:
             try:
                 self.answers[name] = self._ledger.execute(BANK, command)
@@ -137,12 +140,13 @@ def reason(answer: Any) -> str:
 
 def created_transfer_ids(ledger: Ledger, events: Sequence[StoredEvent]) -> list[str]:
     """The ids of the transfers these stored events create (a TransfersCreated holds several)."""
-    domain_events: list[Any] = [ledger.store.mapper.to_domain_event(s) for s in events]
+    uuid = str(bank_uuid(BANK))
+    decoded = [history.decode(uuid, bytes(stored.state)) for stored in events]
     return [
         item["transfer_id"]
-        for event in domain_events
-        if isinstance(event, Bank.TransfersCreated)
-        for item in event.transfers
+        for event in decoded
+        if isinstance(event.event, TransfersCreated)
+        for item in event.event.transfers
     ]
 
 
@@ -151,8 +155,12 @@ def stored_events(ledger: Ledger) -> list[StoredEvent]:
 
 
 def replayed_transfers(ledger: Ledger) -> dict[str, TransferView]:
-    bank: Bank = ledger.store.repository.get(bank_uuid(BANK))
-    return {transfer_id: t.view() for transfer_id, t in bank.transfers.items()}
+    """Every transfer as the events in the store alone say it stands (replayed from event 1)."""
+    _, records = loading.replay_from_start(ledger.store, str(bank_uuid(BANK)))
+    found = {
+        transfer_id: records.transfer(transfer_id) for transfer_id in records.created_transfers
+    }
+    return {transfer_id: record.view() for transfer_id, record in found.items() if record}
 
 
 def live_transfers(ledger: Ledger) -> dict[str, TransferView]:
@@ -176,9 +184,7 @@ def test_a_failed_commit_answers_no_one_with_success(
     assert gate.holding.wait(WAIT_SECONDS)
     # ...while eight more requests queue up behind it: six payments, one that Cat cannot
     # afford, and a retry of the payment being committed.
-    batch: dict[str, BankCommand] = {
-        f"t{n}": payment(f"t{n}", "ann", "bea", n) for n in range(1, 7)
-    }
+    batch: dict[str, Command] = {f"t{n}": payment(f"t{n}", "ann", "bea", n) for n in range(1, 7)}
     batch["t7"] = payment("t7", "cat", "ann", 5)
     batch["g1-retry"] = payment("g1", "ann", "bea", 5)
     for name, command in batch.items():

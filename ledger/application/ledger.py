@@ -75,7 +75,8 @@ class Ledger:
         check_id("bank_id", bank_id)
         size = pages.page_size(page_size)
         after = pages.decode_token("a", page_token) or 0
-        self.get_bank(bank_id)
+        if after > self.get_bank(bank_id).account_count:
+            raise pages.bad_token()  # no page of this list ends past its end
         found = self.store.accounts_page(str(bank_uuid(bank_id)), after, size + 1)
         views = [view for _, view in found[:size]]
         more = len(found) > size
@@ -104,6 +105,8 @@ class Ledger:
         size = pages.page_size(page_size)
         before = pages.decode_token("t", page_token)
         self.get_account(bank_id, account_id)
+        if before is not None and before > self.get_bank(bank_id).transfer_count:
+            raise pages.bad_token()  # no page of this list ends past its end
         found = self.store.account_transfers_page(
             str(bank_uuid(bank_id)), account_id, before, size + 1
         )

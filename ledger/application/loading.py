@@ -10,10 +10,12 @@ length, and it reads the log in bounded pages.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from ledger.domain import canonical, chain, history
 from ledger.domain.batch import Batch
 from ledger.domain.errors import HistoryDamaged
+from ledger.domain.records import RecordBook
 from ledger.domain.state import BankState
 from ledger.storage.store import LedgerStore, events_per_read_max
 
@@ -48,6 +50,8 @@ def catch_up(store: LedgerStore, state: BankState) -> int:
         batch = Batch(state, None, None)
         head = state.chain_head
         for version, stored in page:
+            if version != batch.version + 1:
+                raise _damaged(state.bank_uuid, batch.version + 1, "that event is missing")
             head = chain.next_hash(head, stored)
             if hashes.get(version) != head:
                 raise _damaged(state.bank_uuid, version, "its chain hash does not follow")
@@ -72,3 +76,24 @@ def _damaged(bank_uuid: str, version: int, why: str) -> HistoryDamaged:
         " must restore it (timebank-ledger verify shows where)",
         metadata={"position": str(version)},
     )
+
+
+def stored_rows(store: LedgerStore, bank_uuid: str) -> Iterator[tuple[int, bytes, str]]:
+    """(version, stored bytes, chain hash kept for it) of every event of a bank, in order,
+    read in bounded pages (a hash missing from ledger_chain comes back as "")."""
+    version = 0
+    while True:
+        page = store.events_after(bank_uuid, version, events_per_read_max)
+        if not page:
+            return
+        hashes = store.chain_hashes(bank_uuid, version, page[-1][0])
+        for event_version, stored in page:
+            yield event_version, stored, hashes.get(event_version, "")
+        version = page[-1][0]
+
+
+def replay_from_start(store: LedgerStore, bank_uuid: str) -> tuple[BankState, RecordBook]:
+    """The bank's state and index records rebuilt from its whole stored history."""
+    records = history.empty_records()
+    rows = ((version, stored) for version, stored, _ in stored_rows(store, bank_uuid))
+    return history.replay(bank_uuid, rows, records), records

@@ -116,6 +116,12 @@ class BankWriter:
             self._schedule(self)
 
     @property
+    def queued(self) -> int:
+        """Commands waiting for the next batch."""
+        with self._lock:
+            return len(self._jobs)
+
+    @property
     def idle(self) -> bool:
         with self._lock:
             return not self._scheduled and not self._jobs

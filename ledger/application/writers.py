@@ -72,6 +72,12 @@ class Writers:
                 "the write was not confirmed in time; it may still commit, retry with the same id",
             ) from None
 
+    def queued(self, bank_id: str) -> int:
+        """Commands waiting for a bank's next batch (0 if it is not resident)."""
+        with self._lock:
+            writer = self._resident.get(bank_id)
+        return writer.queued if writer is not None else 0
+
     @property
     def resident_count(self) -> int:
         with self._lock:

@@ -7,6 +7,7 @@ registered by the domain's modules, imported here so that every name is known.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from ledger.domain import accounts, bank, canonical, chain, holds, transfers  # noqa: F401
 from ledger.domain.batch import Batch
 from ledger.domain.events import Event, type_named
+from ledger.domain.records import RecordBook
+from ledger.domain.state import BankState
 
 
 class HistoryError(Exception):
@@ -64,3 +67,26 @@ def decode(bank_uuid: str, stored: bytes, *, trusted: bool = True) -> DecodedEve
         return DecodedEvent(body["version"], datetime.fromisoformat(body["timestamp"]), event)
     except (KeyError, TypeError, ValueError) as error:
         raise HistoryError(f"stored event cannot be read: {error}") from None
+
+
+def replay(
+    bank_uuid: str, rows: Iterable[tuple[int, bytes]], records: RecordBook | None = None
+) -> BankState:
+    """A bank's state rebuilt from its stored events alone, from event 1 (the chain head is
+    recomputed from the bytes). With `records`, the index records are rebuilt into it too."""
+    state = BankState(bank_uuid=bank_uuid)
+    batch = Batch(state, None, records)
+    head = state.chain_head
+    for version, stored in rows:
+        decoded = decode(bank_uuid, stored)
+        if decoded.version != version:
+            raise HistoryError(f"event {version} says it is event {decoded.version}")
+        batch.replay(version, decoded.timestamp, decoded.event)
+        head = chain.next_hash(head, stored)
+    batch.commit(head)
+    return state
+
+
+def empty_records() -> RecordBook:
+    """A RecordBook that starts empty (for rebuilding the records from the history)."""
+    return RecordBook(lambda ids: {}, lambda ids: {})

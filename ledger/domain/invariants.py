@@ -422,7 +422,7 @@ class Verifier:
         if problem:
             self._report(record.version, Reason.MALFORMED_EVENT, problem)
             return
-        if not self._created and record.type != "Created":
+        if not self._created and record.type != "BankCreated":
             self._report(record.version, Reason.NOT_CREATED_FIRST, "the bank has no Created event")
             self._created = True  # said once; the rest of the history is still checked
         step = _Step(record.version)
