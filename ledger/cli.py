@@ -3,6 +3,7 @@
     timebank-ledger serve [--address HOST:PORT]   # settings from LEDGER_* variables
     timebank-ledger project [--projection NAME]...  # follow the log, keep the views up to date
     timebank-ledger replay --projection NAME      # drop one view and rebuild it from event 1
+    timebank-ledger verify --bank ID ...          # check a bank's whole history in the store
     timebank-ledger demo  [--address HOST:PORT]   # a client: two members swap an hour and a half
 
 The demo uses fixed client-chosen ids, so running it twice records nothing new and prints
@@ -59,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay", help="drop one projection's view and rebuild it from the first event"
     )
     replay_parser.add_argument("--projection", required=True, metavar="NAME")
+    verify_parser = commands.add_parser(
+        "verify",
+        help="check banks' histories in the store: hash chain, invariants, snapshot, index",
+    )
+    verify_parser.add_argument(
+        "--bank", action="append", dest="banks", required=True, metavar="ID", help="repeatable"
+    )
     demo_parser = commands.add_parser("demo", help="walk through the API against a server")
     demo_parser.add_argument("--address", help="host:port of the server (LEDGER_GRPC_ADDRESS)")
     args = parser.parse_args(argv)
@@ -70,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return project(settings, args.projections or [], _stop_on_signal())
         if args.command == "replay":
             return replay(settings, args.projection)
+        if args.command == "verify":
+            return verify(settings, args.banks)
     except ConfigError as error:
         print(f"timebank-ledger {args.command}: {error}", file=sys.stderr)
         return 2
@@ -144,6 +154,40 @@ def replay(settings: Settings, name: str) -> int:
         f" ({rate:,.0f} events/s)"
     )
     return 0
+
+
+def verify(settings: Settings, bank_ids: Sequence[str]) -> int:
+    """Verifies each bank's stored history from event 1; prints a report; 1 if any fails."""
+    from ledger.application.verification import verify_bank
+    from ledger.storage.store import LedgerStore
+
+    _check_durable(settings)
+    store = LedgerStore(settings.eventsourcing_env())
+    failed = 0
+    try:
+        for bank_id in bank_ids:
+            check = verify_bank(store, bank_id)
+            report = check.report
+            if report.position == 0:
+                print(f"bank {bank_id}: no history in this store")
+                failed += 1
+                continue
+            print(
+                f"bank {bank_id}: {report.events_checked} events, {len(report.transfers)}"
+                f" transfers, {len(report.accounts)} accounts; position {report.position},"
+                f" chain head {report.chain_head}; balances digest {check.balances_digest}"
+            )
+            for violation in report.violations:
+                print(f"  position {violation.version}: {violation.reason} {violation.detail}")
+            if report.violation_count > len(report.violations):
+                print(f"  ... {report.violation_count - len(report.violations)} more")
+            for problem in check.problems:
+                print(f"  {problem}")
+            print(f"  {'OK' if check.ok else 'FAILED'}")
+            failed += 0 if check.ok else 1
+    finally:
+        store.close()
+    return 1 if failed else 0
 
 
 def _check_durable(settings: Settings) -> None:

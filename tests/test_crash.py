@@ -1,0 +1,228 @@
+"""kill -9 under load: no acknowledged write is lost, none is recorded twice, retries agree.
+
+A real server process writes to SQLite or PostgreSQL while client threads send transfers
+with ids of their own. It is killed (SIGKILL) in the middle of that, several times, and
+started again on the same database. After each restart every acknowledged transfer is there
+exactly as acknowledged, and a retry of every id sent (acknowledged or not: its first write
+may be in the tables although the answer was lost) returns one transfer with the content
+that was sent. At the end the history verifies from event 1 and the balances sum to zero.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from timebank.ledger.v1 import ledger_pb2 as pb
+from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BANK = "crash-bank"
+MEMBERS = [f"m{n}" for n in range(8)]
+KILL_ROUNDS = 3
+CLIENT_THREADS = 4
+# Acknowledged writes to wait for before each kill (so that every kill lands under load).
+ACKS_BEFORE_KILL = 60
+WAIT_SECONDS = 30.0
+CALL_TIMEOUT_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`timebank-ledger serve` in a child process, on a database that outlives it."""
+
+    def __init__(self, database_url: str, tmp_path: Path) -> None:
+        self.address = f"127.0.0.1:{free_port()}"
+        self.environment = {
+            **os.environ,
+            "LEDGER_DATABASE_URL": database_url,
+            "LEDGER_GRPC_ADDRESS": self.address,
+            "LEDGER_METRICS_ADDRESS": "off",
+            "LEDGER_PROJECTIONS": "off",
+            "LEDGER_LOG_LEVEL": "WARNING",
+        }
+        self.log = tmp_path / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", "serve"],
+                cwd=REPO_ROOT,
+                env=self.environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        with grpc.insecure_channel(self.address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=WAIT_SECONDS)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(WAIT_SECONDS)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(WAIT_SECONDS)
+
+
+@pytest.fixture
+def server(durable_store_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(durable_store_url, tmp_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def transfer_request(transfer_id: str) -> pb.CreateTransferRequest:
+    """The content a transfer id always carries (so every retry repeats it exactly)."""
+    number = int.from_bytes(transfer_id.encode(), "big")
+    return pb.CreateTransferRequest(
+        bank_id=BANK,
+        transfer_id=transfer_id,
+        payer_account_id=MEMBERS[number % len(MEMBERS)],
+        payee_account_id=MEMBERS[(number + 1) % len(MEMBERS)],
+        amount_minutes=number % 7 + 1,
+        memo=f"round trip {transfer_id}",
+    )
+
+
+def set_up_bank(stub: pb_grpc.LedgerServiceStub) -> None:
+    stub.CreateBank(pb.CreateBankRequest(bank_id=BANK, name="Crash test bank"))
+    for member in MEMBERS:
+        stub.OpenAccount(
+            pb.OpenAccountRequest(
+                bank_id=BANK,
+                account_id=member,
+                kind=pb.ACCOUNT_KIND_MEMBER,
+                lower_limit_minutes=-1_000_000,
+            )
+        )
+
+
+class Load:
+    """Client threads sending new transfers until stopped; remembers what was acknowledged."""
+
+    def __init__(self, address: str, round_number: int) -> None:
+        self._address = address
+        self._round = round_number
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.sent: list[str] = []
+        self.acknowledged: dict[str, pb.Transfer] = {}
+        self._threads = [
+            threading.Thread(target=self._send, args=(n,), daemon=True)
+            for n in range(CLIENT_THREADS)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(WAIT_SECONDS)
+            assert not thread.is_alive()
+
+    def _send(self, thread: int) -> None:
+        with grpc.insecure_channel(self._address) as channel:
+            stub = pb_grpc.LedgerServiceStub(channel)
+            number = 0
+            while not self._stop.is_set():
+                transfer_id = f"r{self._round}-w{thread}-{number}"
+                number += 1
+                with self._lock:
+                    self.sent.append(transfer_id)
+                try:
+                    response = stub.CreateTransfer(
+                        transfer_request(transfer_id), timeout=CALL_TIMEOUT_SECONDS
+                    )
+                except grpc.RpcError:
+                    return  # the server is gone: what was acknowledged is what counts
+                with self._lock:
+                    self.acknowledged[transfer_id] = response.transfer
+
+
+def test_kill_9_under_load_loses_and_duplicates_nothing(server: ServerProcess) -> None:
+    server.start()
+    with grpc.insecure_channel(server.address) as channel:
+        set_up_bank(pb_grpc.LedgerServiceStub(channel))
+    sent: list[str] = []
+    acknowledged: dict[str, pb.Transfer] = {}
+    for round_number in range(KILL_ROUNDS):
+        # Clients write as fast as they can; once enough were acknowledged, kill -9.
+        load = Load(server.address, round_number)
+        load.start()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while len(load.acknowledged) < ACKS_BEFORE_KILL:
+            assert time.monotonic() < deadline, "the server never got going"
+            time.sleep(0.005)
+        server.kill()
+        load.stop()
+        sent += load.sent
+        acknowledged.update(load.acknowledged)
+        # The server starts again on the same database.
+        server.start()
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.LedgerServiceStub(channel)
+            # Every acknowledged transfer is there, exactly as it was acknowledged.
+            for transfer_id, answer in acknowledged.items():
+                found = stub.GetTransfer(
+                    pb.GetTransferRequest(bank_id=BANK, transfer_id=transfer_id)
+                ).transfer
+                assert found == answer, transfer_id
+            # A retry of every id sent returns one transfer with the content that was sent.
+            for transfer_id in sent:
+                retried = stub.CreateTransfer(transfer_request(transfer_id)).transfer
+                expected = transfer_request(transfer_id)
+                assert (retried.amount_minutes, retried.payer_account_id, retried.memo) == (
+                    expected.amount_minutes,
+                    expected.payer_account_id,
+                    expected.memo,
+                )
+                if transfer_id in acknowledged:
+                    assert retried == acknowledged[transfer_id]
+            # Each id was recorded once: the bank counts exactly the ids sent.
+            bank = stub.GetBank(pb.GetBankRequest(bank_id=BANK)).bank
+            assert bank.transfer_count == len(set(sent))
+            balances = [
+                account.balance_minutes
+                for account in stub.ListAccounts(
+                    pb.ListAccountsRequest(bank_id=BANK, page_size=100)
+                ).accounts
+            ]
+            assert sum(balances) == 0
+    # Every kill landed under load: some writes were sent and never answered.
+    assert len(sent) > len(acknowledged)
+    server.stop()
+    # The whole history verifies from event 1, in the store, with the server gone.
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "verify", "--bank", BANK],
+        cwd=REPO_ROOT,
+        env=server.environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("OK")
