@@ -4,10 +4,11 @@
     timebank-ledger project [--projection NAME]...  # follow the log, keep the views up to date
     timebank-ledger replay --projection NAME      # drop one view and rebuild it from event 1
     timebank-ledger verify --bank ID ...          # check a bank's whole history in the store
+    timebank-ledger keys create|list|revoke ...   # the operator's API keys (see admin_keys.py)
     timebank-ledger demo  [--address HOST:PORT]   # a client: two members swap an hour and a half
 
-The demo uses fixed client-chosen ids, so running it twice records nothing new and prints
-the same thing: that is idempotency at work.
+On its first start on the embedded default (SQLite), `serve` writes an operator key and a
+demo bank's admin key to `<database>.keys.json` (mode 0600); `demo` uses them.
 """
 
 from __future__ import annotations
@@ -20,21 +21,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
-import grpc
-
-from ledger import logs
+from ledger import admin_keys, logs
 from ledger.config import ConfigError, Settings
-from timebank.ledger.v1 import ledger_pb2 as pb
-from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
 
-demo_bank_id = "demo-bank"
-demo_members = (("ana", "Ana"), ("ben", "Ben"))
-# Members may go up to ten hours into debt: mutual credit starts everyone at zero.
-demo_lower_limit_minutes = -600
-demo_connect_timeout_seconds = 5.0
-demo_call_timeout_seconds = 10.0
 # A rebuild gives up after this long (at 50,000 events/s: 1.08 billion events).
 replay_time_limit_seconds = 6 * 3600.0
 
@@ -67,8 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify_parser.add_argument(
         "--bank", action="append", dest="banks", required=True, metavar="ID", help="repeatable"
     )
+    admin_keys.add_parser(commands)
     demo_parser = commands.add_parser("demo", help="walk through the API against a server")
     demo_parser.add_argument("--address", help="host:port of the server (LEDGER_GRPC_ADDRESS)")
+    demo_parser.add_argument(
+        "--keys-file", type=Path, help="default: the one `serve` wrote beside the SQLite file"
+    )
+    demo_parser.add_argument("--ca-file", type=Path, help="the server's CA, to connect by TLS")
     args = parser.parse_args(argv)
 
     try:
@@ -80,22 +77,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             return replay(settings, args.projection)
         if args.command == "verify":
             return verify(settings, args.banks)
+        if args.command == "keys":
+            _check_durable(settings)
+            return admin_keys.run(settings, args)
     except ConfigError as error:
         print(f"timebank-ledger {args.command}: {error}", file=sys.stderr)
         return 2
-    if args.address:
+    if getattr(args, "address", None):
         settings = dataclasses.replace(settings, grpc_address=args.address)
     if args.command == "serve":
         return _serve(settings)
-    return demo(settings.grpc_address)
+    from ledger.demo import demo
+
+    keys_file = args.keys_file or settings.keys_file_path()
+    return demo(settings.grpc_address, Path(keys_file) if keys_file else None, args.ca_file)
 
 
 def _serve(settings: Settings) -> int:
     # Imported here so that `demo` needs neither the event store nor the server code.
+    from ledger.security.tls import TlsConfigError
     from ledger.service.server import serve
 
     logs.configure(settings.log_level)
-    serve(settings)
+    try:
+        serve(settings)
+    except TlsConfigError as error:
+        print(f"timebank-ledger serve: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -210,91 +218,6 @@ def _stop_on_signal() -> threading.Event:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, request_stop)
     return stopping
-
-
-def demo(address: str) -> int:
-    """Over gRPC: a bank, two members, Ben pays Ana 90 minutes for help in the garden."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=demo_connect_timeout_seconds)
-        except grpc.FutureTimeoutError:
-            print(f"cannot reach a ledger at {address}; start one with `timebank-ledger serve`")
-            return 1
-        try:
-            _walk_through(pb_grpc.LedgerServiceStub(channel))
-        except grpc.RpcError as error:
-            print(f"the ledger refused: {_describe(error)}")
-            return 1
-    return 0
-
-
-def _describe(error: grpc.RpcError) -> str:
-    # Errors raised by a call are also grpc.Call objects, which carry the status.
-    if isinstance(error, grpc.Call):
-        return f"{error.code().name}: {error.details()}"
-    return str(error)
-
-
-def _walk_through(ledger: pb_grpc.LedgerServiceStub) -> None:
-    timeout = demo_call_timeout_seconds
-    # A time bank, chosen by id: creating it again returns the same bank.
-    bank = ledger.CreateBank(
-        pb.CreateBankRequest(bank_id=demo_bank_id, name="Demo Time Bank", actor="demo"),
-        timeout=timeout,
-    ).bank
-    print(f"{bank.name} (bank {bank.bank_id})")
-
-    # Two members, each allowed to owe up to ten hours.
-    for account_id, _name in demo_members:
-        ledger.OpenAccount(
-            pb.OpenAccountRequest(
-                bank_id=demo_bank_id,
-                account_id=account_id,
-                kind=pb.ACCOUNT_KIND_MEMBER,
-                lower_limit_minutes=demo_lower_limit_minutes,
-                actor="demo",
-            ),
-            timeout=timeout,
-        )
-
-    # Ana spent an hour and a half helping Ben in his garden: Ben pays her 90 minutes.
-    transfer = ledger.CreateTransfer(
-        pb.CreateTransferRequest(
-            bank_id=demo_bank_id,
-            transfer_id="demo-garden-2025-05-17",
-            payer_account_id="ben",
-            payee_account_id="ana",
-            amount_minutes=90,
-            memo="help in the garden",
-            category="gardening",
-            service_date="2025-05-17",
-            actor="demo",
-        ),
-        timeout=timeout,
-    ).transfer
-    print(
-        f"  {transfer.service_date}: {transfer.payer_account_id} paid {transfer.payee_account_id}"
-        f" {hours(transfer.amount_minutes)}"
-        f" for {transfer.memo} (transfer {transfer.transfer_id})"
-    )
-
-    # Everyone's balance, read back from the ledger.
-    print("Balances:")
-    for account_id, name in demo_members:
-        account = ledger.GetAccount(
-            pb.GetAccountRequest(bank_id=demo_bank_id, account_id=account_id), timeout=timeout
-        ).account
-        print(
-            f"  {name:<4} {hours(account.balance_minutes, signed=True):>9}"
-            f"   (may still spend {hours(account.available_minutes)})"
-        )
-
-
-def hours(minutes: int, *, signed: bool = False) -> str:
-    """90 -> "1h 30m"; with signed, -90 -> "-1h 30m" and 90 -> "+1h 30m"."""
-    whole, rest = divmod(abs(minutes), 60)
-    sign = "-" if minutes < 0 else "+" if signed and minutes > 0 else ""
-    return f"{sign}{whole}h {rest:02d}m"
 
 
 if __name__ == "__main__":

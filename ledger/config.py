@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -24,6 +25,11 @@ class ConfigError(ValueError):
 
 # Counts that must be positive.
 _AT_LEAST_ONE = (
+    "key_request_burst_max",
+    "key_calls_in_flight_max",
+    "calls_in_flight_max",
+    "reads_waiting_max",
+    "banks_per_operator_key_max",
     "writer_threads",
     "writer_batch_max",
     "writer_queue_max",
@@ -82,6 +88,32 @@ class Settings:
     read_wait_seconds: float = 2.0
     # HOST:PORT of the Prometheus exporter (port 0: any free port); "" or "off": none.
     metrics_address: str = "127.0.0.1:9464"
+    # TLS for the gRPC listener: PEM files of the certificate chain and its private key;
+    # with a client CA, mutual TLS (client certificates required if the flag says so).
+    tls_certificate_file: str = ""
+    tls_private_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tls_client_certificates_required: bool = False
+    # Listening on anything but loopback without TLS is refused unless this is set.
+    plaintext_allowed: bool = False
+    # How long a server trusts what it read about an API key (a revocation made by another
+    # server takes at most this long to be seen here).
+    api_key_cache_seconds: float = 1.0
+    # Per API key: requests per second (and the burst above it), and calls in flight. A
+    # bank's front-end serves all its members through one key: these are not small.
+    key_requests_per_second: float = 1000.0
+    key_request_burst_max: int = 2000
+    key_calls_in_flight_max: int = 64
+    # Calls the server serves at once, all keys together; more are refused (SERVER_BUSY).
+    calls_in_flight_max: int = 256
+    # Reads that may wait for a view to reach their min_position at once.
+    reads_waiting_max: int = 64
+    # Banks one operator key may create.
+    banks_per_operator_key_max: int = 1000
+    # Where `serve` writes the keys it makes on a first start (an operator key, and a
+    # bank-admin key of the demo bank): "auto" beside the SQLite file (none on
+    # PostgreSQL), a path, or "off".
+    bootstrap_keys_file: str = "auto"
 
     def __post_init__(self) -> None:
         if self.projections not in PROJECTIONS_MODES:
@@ -108,7 +140,10 @@ class Settings:
                     continue
                 text = _NORMALISE.get(setting.name, str.strip)(text)
                 kind: type[Any] = type(setting.default)
-                values[setting.name] = text if kind is str else kind(text)
+                if kind is bool:
+                    values[setting.name] = _flag(setting.name, text)
+                else:
+                    values[setting.name] = text if kind is str else kind(text)
             settings = cls(**values)  # type: ignore[arg-type]
         except ValueError as error:
             raise ConfigError(f"bad LEDGER_* setting: {error}") from None
@@ -126,10 +161,32 @@ class Settings:
             env["POSTGRES_MAX_WAITING"] = str(self.writer_queue_max)
         return env
 
+    def keys_file_path(self) -> str | None:
+        """Where first-start keys are written and `demo` reads them (None: nowhere)."""
+        setting = self.bootstrap_keys_file
+        if setting.lower() == "off" or not setting:
+            return None
+        if setting.lower() != "auto":
+            return setting
+        url = urlsplit(self.database_url)
+        if url.scheme != "sqlite":
+            return None
+        path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
+        return str(Path(path).with_name(Path(path).stem + ".keys.json"))
+
     @property
     def views_url(self) -> str:
         """The views' database: LEDGER_VIEWS_DATABASE_URL, else the events' database."""
         return self.views_database_url or self.database_url
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"LEDGER_{name.upper()} {text!r} is not true or false")
 
 
 def host_port(address: str) -> tuple[str, int] | None:

@@ -95,8 +95,12 @@ class JsonFormatter(logging.Formatter):
             (_cut(key, log_value_length_max), bounded(value)) for key, value in fields.items()
         )
         if record.exc_info:
-            # The end holds the exception and its message: keep it, cut the start.
-            text = self.formatException(record.exc_info)
+            # Each line is cut (an exception's message may quote a huge value); then, if
+            # still too long, the start goes: the end holds the exception itself.
+            text = "\n".join(
+                _cut(part, log_message_length_max)
+                for part in self.formatException(record.exc_info).split("\n")
+            )
             line["traceback"] = _cut_start(text, log_traceback_length_max)
         return escape_line(json.dumps(line, default=str, ensure_ascii=False))
 

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+from uuid import UUID
 
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import check_id
-from ledger.domain.errors import InvalidInput, NotFound, PreconditionFailed, Unavailable
+from ledger.domain.errors import (
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PreconditionFailed,
+    Unavailable,
+)
+from ledger.security.quotas import Slots
 from projections import queries, report_queries
 from projections.queries import AccountSummary, StatementEntry
 from projections.registry import ProjectionSet
+from projections.runner import ProjectionRunner
 from projections.report_queries import BankTotals, CategoryRow, MonthRow
 
 T = TypeVar("T")
@@ -49,10 +58,14 @@ class BankReport:
 class ViewReads:
     """Reads of the views of one ProjectionSet."""
 
-    def __init__(self, projections: ProjectionSet, read_wait_seconds: float) -> None:
+    def __init__(
+        self, projections: ProjectionSet, read_wait_seconds: float, waiting: Slots | None = None
+    ) -> None:
         assert read_wait_seconds >= 0
         self._projections = projections
         self._read_wait_seconds = read_wait_seconds
+        # Reads waiting for min_position at once are bounded: each holds a server thread.
+        self._waiting = waiting
 
     def account_summary(
         self,
@@ -142,7 +155,7 @@ class ViewReads:
             if wait_seconds_max is not None:
                 wait_seconds = max(0.0, min(wait_seconds, wait_seconds_max))
             self._projections.wake()
-            if not runner.wait_for(bank, min_position, wait_seconds):
+            if not self._wait(runner, bank, min_position, wait_seconds):
                 self._check_committed(bank_id, min_position)
                 reached = runner.bank_version(bank)
                 raise Unavailable(
@@ -166,6 +179,25 @@ class ViewReads:
                 metadata={"bank_id": bank_id, "position": "0"},
             )
         return position
+
+    def _wait(
+        self, runner: ProjectionRunner, bank: UUID, min_position: int, wait_seconds: float
+    ) -> bool:
+        if runner.bank_version(bank) >= min_position:
+            return True  # there already: no need to hold a waiting slot
+        waiting = self._waiting
+        if waiting is not None and not waiting.try_acquire():
+            raise Overloaded(
+                "READS_WAITING_MAX_REACHED",
+                f"{waiting.slots_max} reads are already waiting for views to catch up;"
+                " retry shortly",
+                metadata={"reads_waiting_max": str(waiting.slots_max)},
+            )
+        try:
+            return runner.wait_for(bank, min_position, wait_seconds)
+        finally:
+            if waiting is not None:
+                waiting.release()
 
     def _check_committed(self, bank_id: str, position: int) -> None:
         """Refuses a position the bank's history does not hold: waiting would not help."""

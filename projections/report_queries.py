@@ -26,7 +26,7 @@ category_months_per_report_max = 10_000
 
 ACCOUNT_STATUSES = ("open", "frozen", "closed")
 _MEMBER_KIND = "member"
-_month_re = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+_month_re = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 @dataclass(frozen=True, slots=True)

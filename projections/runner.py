@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
+from ledger.domain.access import deployment_uuid
 from ledger.storage.store import LedgerStore
 from projections.db import Cursor, ViewDatabase
 from projections.events import LogEvent, log_event
@@ -146,7 +147,12 @@ class ProjectionRunner:
         notifications = self._read_batch()
         if not notifications:
             return 0
-        events = [log_event(n.id, n.state) for n in notifications]
+        # The log also holds the deployment's own history (operator keys): no bank's.
+        events = [
+            log_event(n.id, n.state)
+            for n in notifications
+            if str(n.originator_id) != deployment_uuid
+        ]
         start, end = self._position, notifications[-1].id
         with self.views.transaction() as cursor:
             moved = cursor.execute(

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from certs import Pki, make_pki
 
 from ledger.application.ledger import Ledger
 from ledger.config import Settings
@@ -177,3 +178,9 @@ def make_ledger(open_ledgers: list[Ledger], clock: Clock) -> MakeLedger:
 @pytest.fixture
 def ledger(store_url: str, make_ledger: MakeLedger) -> Ledger:
     return make_ledger(store_url)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with a server certificate for 127.0.0.1 and localhost, and client ones."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

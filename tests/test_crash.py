@@ -22,7 +22,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from certs import Pki, server_host
 
+from ledger.service.bootstrap import KeysFile
+from timebank.ledger.v1 import access_pb2, access_pb2_grpc
 from timebank.ledger.v1 import ledger_pb2 as pb
 from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -44,11 +47,24 @@ def free_port() -> int:
         return port
 
 
-class ServerProcess:
-    """`timebank-ledger serve` in a child process, on a database that outlives it."""
+class _Bearer(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str) -> None:
+        self._token = token
 
-    def __init__(self, database_url: str, tmp_path: Path) -> None:
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        callback((("authorization", f"Bearer {self._token}"),), None)
+
+
+class ServerProcess:
+    """`timebank-ledger serve` in a child process (TLS, and the keys it makes at its first
+    start written to a file), on a database that outlives it."""
+
+    def __init__(self, database_url: str, tmp_path: Path, pki: Pki) -> None:
         self.address = f"127.0.0.1:{free_port()}"
+        self.keys_file = tmp_path / "keys.json"
+        self.pki = pki
         self.environment = {
             **os.environ,
             "LEDGER_DATABASE_URL": database_url,
@@ -56,9 +72,25 @@ class ServerProcess:
             "LEDGER_METRICS_ADDRESS": "off",
             "LEDGER_PROJECTIONS": "off",
             "LEDGER_LOG_LEVEL": "WARNING",
+            "LEDGER_BOOTSTRAP_KEYS_FILE": str(self.keys_file),
+            "LEDGER_TLS_CERTIFICATE_FILE": str(pki.server_certificate_path),
+            "LEDGER_TLS_PRIVATE_KEY_FILE": str(pki.server_key_path),
+            # The load runs on one key: quotas are not what this test is about.
+            "LEDGER_KEY_REQUESTS_PER_SECOND": "1000000",
+            "LEDGER_KEY_REQUEST_BURST_MAX": "1000000",
         }
         self.log = tmp_path / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def channel(self, token: str | None = None) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.pki.ca.certificate_pem)
+        if token is not None:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.metadata_call_credentials(_Bearer(token))
+            )
+        return grpc.secure_channel(
+            self.address, credentials, options=[("grpc.ssl_target_name_override", server_host)]
+        )
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -69,7 +101,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             grpc.channel_ready_future(channel).result(timeout=WAIT_SECONDS)
 
     def kill(self) -> None:
@@ -84,8 +116,8 @@ class ServerProcess:
 
 
 @pytest.fixture
-def server(durable_store_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(durable_store_url, tmp_path)
+def server(durable_store_url: str, tmp_path: Path, pki: Pki) -> Iterator[ServerProcess]:
+    process = ServerProcess(durable_store_url, tmp_path, pki)
     try:
         yield process
     finally:
@@ -105,8 +137,26 @@ def transfer_request(transfer_id: str) -> pb.CreateTransferRequest:
     )
 
 
-def set_up_bank(stub: pb_grpc.LedgerServiceStub) -> None:
-    stub.CreateBank(pb.CreateBankRequest(bank_id=BANK, name="Crash test bank"))
+def set_up_bank(server: ServerProcess) -> str:
+    """The bank, created by the operator key of the first start; returns its admin's key."""
+    operator = KeysFile.read(server.keys_file).operator
+    with server.channel(operator) as channel:
+        pb_grpc.LedgerServiceStub(channel).CreateBank(
+            pb.CreateBankRequest(bank_id=BANK, name="Crash test bank")
+        )
+        token = (
+            access_pb2_grpc.AccessServiceStub(channel)
+            .IssueApiKey(
+                access_pb2.IssueApiKeyRequest(bank_id=BANK, role=access_pb2.ROLE_BANK_ADMIN)
+            )
+            .token
+        )
+    with server.channel(token) as channel:
+        open_members(pb_grpc.LedgerServiceStub(channel))
+    return token
+
+
+def open_members(stub: pb_grpc.LedgerServiceStub) -> None:
     for member in MEMBERS:
         stub.OpenAccount(
             pb.OpenAccountRequest(
@@ -121,8 +171,9 @@ def set_up_bank(stub: pb_grpc.LedgerServiceStub) -> None:
 class Load:
     """Client threads sending new transfers until stopped; remembers what was acknowledged."""
 
-    def __init__(self, address: str, round_number: int) -> None:
-        self._address = address
+    def __init__(self, server: ServerProcess, token: str, round_number: int) -> None:
+        self._server = server
+        self._token = token
         self._round = round_number
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -144,7 +195,7 @@ class Load:
             assert not thread.is_alive()
 
     def _send(self, thread: int) -> None:
-        with grpc.insecure_channel(self._address) as channel:
+        with self._server.channel(self._token) as channel:
             stub = pb_grpc.LedgerServiceStub(channel)
             number = 0
             while not self._stop.is_set():
@@ -164,13 +215,12 @@ class Load:
 
 def test_kill_9_under_load_loses_and_duplicates_nothing(server: ServerProcess) -> None:
     server.start()
-    with grpc.insecure_channel(server.address) as channel:
-        set_up_bank(pb_grpc.LedgerServiceStub(channel))
+    token = set_up_bank(server)
     sent: list[str] = []
     acknowledged: dict[str, pb.Transfer] = {}
     for round_number in range(KILL_ROUNDS):
         # Clients write as fast as they can; once enough were acknowledged, kill -9.
-        load = Load(server.address, round_number)
+        load = Load(server, token, round_number)
         load.start()
         deadline = time.monotonic() + WAIT_SECONDS
         while len(load.acknowledged) < ACKS_BEFORE_KILL:
@@ -182,7 +232,7 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(server: ServerProcess) -
         acknowledged.update(load.acknowledged)
         # The server starts again on the same database.
         server.start()
-        with grpc.insecure_channel(server.address) as channel:
+        with server.channel(token) as channel:
             stub = pb_grpc.LedgerServiceStub(channel)
             # Every acknowledged transfer is there, exactly as it was acknowledged.
             for transfer_id, answer in acknowledged.items():

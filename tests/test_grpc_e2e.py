@@ -10,23 +10,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from certs import Pki
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from served import Served, serving
 
-from ledger import cli
 from ledger.application.ledger import Ledger
-from ledger.config import Settings
+from ledger.demo import demo
 from ledger.domain.views import BankView
-from ledger.service.server import create_server, ledger_service_name
+from ledger.service.bootstrap import KeysFile, demo_bank_id, demo_bank_name
+from ledger.service.server import ledger_service_name
+from timebank.ledger.v1 import access_pb2, access_pb2_grpc
 from timebank.ledger.v1 import ledger_pb2 as pb
 from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -54,60 +56,34 @@ class HandClock:
         return self.now
 
 
-@contextmanager
-def serving(ledger_class: type[Ledger] = Ledger, clock: HandClock | None = None) -> Iterator[str]:
-    """A started server on a free port with an in-memory store; yields its address."""
-    settings = Settings(
-        database_url="memory://",
-        grpc_address="127.0.0.1:0",
-        grpc_workers=4,
-        expiry_interval_seconds=0.02,
-    )
-    ledger = ledger_class(settings, clock)
-    server, port = create_server(settings, ledger)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
-        ledger.close()
-
-
 # Named apart from conftest's `clock` and `ledger`: here the ledger is a gRPC client.
 @pytest.fixture
 def hand_clock() -> HandClock:
     return HandClock()
 
 
-@contextmanager
-def connected(address: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=call_timeout_seconds)
-        yield channel
+@pytest.fixture
+def served(pki: Pki, hand_clock: HandClock) -> Iterator[Served]:
+    """A server with TLS and keys on, over an in-memory store, on a free port."""
+    with serving(pki, clock=hand_clock) as served:
+        yield served
 
 
 @pytest.fixture
-def address(hand_clock: HandClock) -> Iterator[str]:
-    with serving(clock=hand_clock) as address:
-        yield address
+def channel(served: Served) -> grpc.Channel:
+    """A channel presenting no key: enough for health and reflection, nothing else."""
+    return served.channel()
 
 
 @pytest.fixture
-def channel(address: str) -> Iterator[grpc.Channel]:
-    with connected(address) as channel:
-        yield channel
+def operator(served: Served) -> pb_grpc.LedgerServiceStub:
+    return pb_grpc.LedgerServiceStub(served.channel(served.operator_token))
 
 
 @pytest.fixture
-def client(channel: grpc.Channel) -> pb_grpc.LedgerServiceStub:
-    return pb_grpc.LedgerServiceStub(channel)
-
-
-@pytest.fixture
-def bank(client: pb_grpc.LedgerServiceStub) -> pb_grpc.LedgerServiceStub:
-    """A client of a bank with three members: ana, ben and cas."""
-    ledger = client
-    ledger.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Riverside Time Bank"))
+def bank(served: Served) -> pb_grpc.LedgerServiceStub:
+    """A bank admin's client of a bank with three members: ana, ben and cas."""
+    ledger = pb_grpc.LedgerServiceStub(served.channel(served.create_bank(bank_id)))
     for account_id in ("ana", "ben", "cas"):
         open_member(ledger, account_id)
     return ledger
@@ -120,7 +96,7 @@ def open_member(ledger: pb_grpc.LedgerServiceStub, account_id: str) -> pb.Accoun
             account_id=account_id,
             kind=pb.ACCOUNT_KIND_MEMBER,
             lower_limit_minutes=member_lower_limit_minutes,
-            actor="coordinator",
+            actor_label="coordinator",
         ),
         timeout=call_timeout_seconds,
     ).account
@@ -244,13 +220,13 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
     assert ledger_service_name == "timebank.ledger.v1.LedgerService"
 
 
-def test_unexpected_failure_is_internal_and_reveals_nothing() -> None:
+def test_unexpected_failure_is_internal_and_reveals_nothing(pki: Pki) -> None:
     class BrokenLedger(Ledger):
         def get_bank(self, bank_id: str) -> BankView:
             raise RuntimeError("password=hunter2")
 
-    with serving(BrokenLedger) as address, connected(address) as channel:
-        ledger = pb_grpc.LedgerServiceStub(channel)
+    with serving(pki, ledger_class=BrokenLedger) as served:
+        ledger = pb_grpc.LedgerServiceStub(served.channel(served.create_bank(bank_id)))
         # A bug inside the ledger becomes INTERNAL with reason INTERNAL; its text stays in the log.
         refused = refusal(lambda: ledger.GetBank(pb.GetBankRequest(bank_id=bank_id)))
         assert refused.code == grpc.StatusCode.INTERNAL
@@ -263,15 +239,25 @@ def test_unexpected_failure_is_internal_and_reveals_nothing() -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_walkthrough(client: pb_grpc.LedgerServiceStub) -> None:
-    ledger = client
-    # A coordinator creates the bank; asking again with the same content returns the same bank.
-    created = ledger.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Riverside Time Bank"))
+def test_walkthrough(served: Served, operator: pb_grpc.LedgerServiceStub) -> None:
+    # The operator creates the bank; asking again with the same content returns the same bank.
+    created = operator.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Riverside Time Bank"))
     assert created.bank.name == "Riverside Time Bank"
     assert created.position == created.bank.position >= 1
-    again = ledger.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Riverside Time Bank"))
+    again = operator.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Riverside Time Bank"))
     assert again.bank.bank_id == bank_id
     assert again.bank.created_at == created.bank.created_at
+    # The operator issues the bank's coordinator a key; the token is shown once.
+    access = access_pb2_grpc.AccessServiceStub(served.channel(served.operator_token))
+    issued = access.IssueApiKey(
+        access_pb2.IssueApiKeyRequest(
+            bank_id=bank_id, role=access_pb2.ROLE_BANK_ADMIN, label="coordinator"
+        )
+    )
+    assert issued.token.startswith(f"tbl_{issued.key.key_id}_")
+    assert issued.key.created_by.startswith("key:")
+    coordinator = f"key:{issued.key.key_id}"
+    ledger = pb_grpc.LedgerServiceStub(served.channel(issued.token))
 
     # Three members join, each allowed to owe ten hours; everyone starts at zero.
     for account_id in ("ana", "ben", "cas"):
@@ -339,7 +325,7 @@ def test_walkthrough(client: pb_grpc.LedgerServiceStub) -> None:
             transfer_id="garden-undo",
             reverses_transfer_id="garden",
             reason="recorded against the wrong member",
-            actor="coordinator",
+            actor_label="Carla, coordinator",
         )
     )
     assert reversal.transfer.kind == pb.TRANSFER_KIND_REVERSAL
@@ -347,7 +333,9 @@ def test_walkthrough(client: pb_grpc.LedgerServiceStub) -> None:
     assert reversal.transfer.payer_account_id == "ana"
     assert reversal.transfer.payee_account_id == "ben"
     assert reversal.transfer.amount_minutes == 90
-    assert reversal.transfer.actor == "coordinator"
+    # The actor is who authenticated, not what the request says; the label is kept beside it.
+    assert reversal.transfer.actor == coordinator
+    assert reversal.transfer.actor_label == "Carla, coordinator"
     original = ledger.GetTransfer(pb.GetTransferRequest(bank_id=bank_id, transfer_id="garden"))
     assert original.transfer.reversed_by_transfer_id == "garden-undo"
     assert books(ledger) == {"ana": (-60, 0, 0), "ben": (0, 0, 0), "cas": (60, 0, 0)}
@@ -464,7 +452,9 @@ def test_account_limits_and_status(bank: pb_grpc.LedgerServiceStub) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_invalid_argument_names_the_field(bank: pb_grpc.LedgerServiceStub) -> None:
+def test_invalid_argument_names_the_field(
+    bank: pb_grpc.LedgerServiceStub, operator: pb_grpc.LedgerServiceStub
+) -> None:
     ledger = bank
     before = books(ledger)
 
@@ -503,8 +493,8 @@ def test_invalid_argument_names_the_field(bank: pb_grpc.LedgerServiceStub) -> No
     refused = refusal(lambda: pay(ledger, "odd", "ana", "ben", 10, timeout_seconds=60))
     assert (refused.reason, refused.bad_fields) == ("TIMEOUT_WITHOUT_PENDING", ["timeout_seconds"])
 
-    # A bank needs a name.
-    refused = refusal(lambda: ledger.CreateBank(pb.CreateBankRequest(bank_id="hillside")))
+    # A bank needs a name (the operator creates banks).
+    refused = refusal(lambda: operator.CreateBank(pb.CreateBankRequest(bank_id="hillside")))
     assert (refused.reason, refused.bad_fields) == ("FIELD_REQUIRED", ["name"])
 
     # An empty batch.
@@ -513,13 +503,25 @@ def test_invalid_argument_names_the_field(bank: pb_grpc.LedgerServiceStub) -> No
     assert books(ledger) == before
 
 
-def test_not_found(bank: pb_grpc.LedgerServiceStub) -> None:
+def test_not_found(bank: pb_grpc.LedgerServiceStub, served: Served) -> None:
     ledger = bank
     before = books(ledger)
 
-    # An unknown bank, account and transfer are each NOT_FOUND with their own reason.
+    # Another bank is out of this key's scope, whether it exists or not: nothing leaks.
     refused = refusal(lambda: ledger.GetBank(pb.GetBankRequest(bank_id="atlantis")))
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "BANK_OUT_OF_SCOPE",
+    )
+    # Only the operator, whose scope is every bank, learns that a bank does not exist.
+    access = access_pb2_grpc.AccessServiceStub(served.channel(served.operator_token))
+    refused = refusal(
+        lambda: access.IssueApiKey(
+            access_pb2.IssueApiKeyRequest(bank_id="atlantis", role=access_pb2.ROLE_BANK_ADMIN)
+        )
+    )
     assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
+    # An unknown account and transfer are each NOT_FOUND with their own reason.
     refused = refusal(
         lambda: ledger.GetAccount(pb.GetAccountRequest(bank_id=bank_id, account_id="zed"))
     )
@@ -561,7 +563,9 @@ def test_failed_precondition_exceeds_lower_limit(bank: pb_grpc.LedgerServiceStub
     assert books(ledger) == {"ana": (540, 0, 0), "ben": (-600, 0, 0), "cas": (60, 0, 0)}
 
 
-def test_already_exists_names_the_differing_field(bank: pb_grpc.LedgerServiceStub) -> None:
+def test_already_exists_names_the_differing_field(
+    bank: pb_grpc.LedgerServiceStub, operator: pb_grpc.LedgerServiceStub
+) -> None:
     ledger = bank
     pay(ledger, "garden", "ben", "ana", 90)
     before = books(ledger)
@@ -584,9 +588,9 @@ def test_already_exists_names_the_differing_field(bank: pb_grpc.LedgerServiceStu
         "EXISTS_WITH_DIFFERENT_KIND",
     )
 
-    # So is creating the bank again under another name.
+    # So is creating the bank again under another name (as the operator).
     refused = refusal(
-        lambda: ledger.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Another Bank"))
+        lambda: operator.CreateBank(pb.CreateBankRequest(bank_id=bank_id, name="Another Bank"))
     )
     assert (refused.code, refused.reason) == (
         grpc.StatusCode.ALREADY_EXISTS,
@@ -815,15 +819,22 @@ def test_list_account_transfers_newest_first(bank: pb_grpc.LedgerServiceStub) ->
 # ---------------------------------------------------------------------------------------
 
 
-def test_demo_prints_the_same_twice(address: str, capsys: pytest.CaptureFixture[str]) -> None:
-    # The first run records the bank, the members and the garden hours.
-    assert cli.demo(address) == 0
+def test_demo_prints_the_same_twice(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The keys `serve` writes at its first start: the operator's, and the demo bank's admin.
+    keys = tmp_path / "timebank-ledger.keys.json"
+    admin = served.create_bank(demo_bank_id, demo_bank_name)
+    KeysFile(served.operator_token, {demo_bank_id: admin}).write(keys)
+    assert keys.stat().st_mode & 0o777 == 0o600
+    # The first run records the members and the garden hours (over TLS, with the keys).
+    assert demo(served.address, keys, served.pki.ca_path) == 0
     first = capsys.readouterr().out
     assert "ben paid ana 1h 30m for help in the garden" in first
     assert "+1h 30m" in first
     assert "-1h 30m" in first
     # The second run sends the same ids: nothing new is recorded and it prints the same.
-    assert cli.demo(address) == 0
+    assert demo(served.address, keys, served.pki.ca_path) == 0
     assert capsys.readouterr().out == first
 
 

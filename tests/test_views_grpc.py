@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 import pytest
+import served as served_module
+from certs import Pki
 from conftest import Clock
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,7 +31,7 @@ from prometheus_client import REGISTRY
 from ledger import cli, metrics
 from ledger.application.ledger import Ledger
 from ledger.config import ConfigError, Settings
-from ledger.service.server import create_server, view_service_name
+from ledger.service.server import view_service_name
 from projections import queries
 from projections.db import open_views
 from projections.registry import ProjectionSet
@@ -55,63 +57,50 @@ short_read_wait_seconds = 0.2
 
 @dataclass
 class Served:
-    """A running server's two services, and the projections behind its views."""
+    """A running server's services (as the bank's admin sees them), and its projections."""
 
     address: str
     ledger: pb_grpc.LedgerServiceStub
     views: vpb_grpc.LedgerViewServiceStub
     projections: ProjectionSet
     channel: grpc.Channel
+    server: served_module.Served
 
 
 @contextmanager
-def serving(database_url: str, clock: Clock, **overrides: Any) -> Iterator[Served]:
-    """A started server on a free port whose views follow the log (unless projections=off)."""
+def serving(database_url: str, clock: Clock, pki: Pki, **overrides: Any) -> Iterator[Served]:
+    """A started server (TLS and keys on) whose views follow the log (unless
+    projections=off), with the bank created and a channel of its admin."""
     options: dict[str, Any] = {
         "database_url": database_url,
-        "grpc_address": "127.0.0.1:0",
-        "grpc_workers": 4,
-        "expiry_interval_seconds": 0.02,
         "read_wait_seconds": read_wait_seconds,
-        "metrics_address": "off",
     }
     options.update(overrides)
-    settings = Settings(**options)
-    ledger = Ledger(settings, clock)
-    projections = ProjectionSet.open(settings, ledger.store)
-    if settings.projections == "in-process":
-        projections.start()
-    server, port = create_server(settings, ledger, projections=projections)
-    server.start()
-    address = f"127.0.0.1:{port}"
-    try:
-        with grpc.insecure_channel(address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=call_timeout_seconds)
-            yield Served(
-                address,
-                pb_grpc.LedgerServiceStub(channel),
-                vpb_grpc.LedgerViewServiceStub(channel),
-                projections,
-                channel,
-            )
-    finally:
-        server.stop(grace=None)
-        projections.close()
-        ledger.close()
+    with served_module.serving(pki, clock=clock, with_views=True, **options) as server:
+        admin = server.channel(server.create_bank(bank_id))
+        assert server.projections is not None
+        yield Served(
+            server.address,
+            pb_grpc.LedgerServiceStub(admin),
+            vpb_grpc.LedgerViewServiceStub(admin),
+            server.projections,
+            admin,
+            server,
+        )
 
 
 @pytest.fixture
-def served(store_url: str, clock: Clock) -> Iterator[Served]:
-    with serving(store_url, clock) as served:
+def served(store_url: str, clock: Clock, pki: Pki) -> Iterator[Served]:
+    with serving(store_url, clock, pki) as served:
         yield served
 
 
 def open_bank(ledger: pb_grpc.LedgerServiceStub, *members: str) -> int:
-    """A bank with the given members; returns the position of the last account opened."""
-    position = ledger.CreateBank(
-        pb.CreateBankRequest(bank_id=bank_id, name="Riverside Time Bank"),
-        timeout=call_timeout_seconds,
-    ).position
+    """The bank (created by the operator) with the given members; returns the position of
+    the last account opened."""
+    position = ledger.GetBank(
+        pb.GetBankRequest(bank_id=bank_id), timeout=call_timeout_seconds
+    ).bank.position
     for account_id in members:
         position = ledger.OpenAccount(
             pb.OpenAccountRequest(
@@ -119,7 +108,7 @@ def open_bank(ledger: pb_grpc.LedgerServiceStub, *members: str) -> int:
                 account_id=account_id,
                 kind=pb.ACCOUNT_KIND_MEMBER,
                 lower_limit_minutes=member_lower_limit_minutes,
-                actor="coordinator",
+                actor_label="coordinator",
             ),
             timeout=call_timeout_seconds,
         ).position
@@ -469,25 +458,32 @@ def test_errors(served: Served) -> None:
     opened = open_bank(ledger, "ana")
     summary(views, "ana", min_position=opened)  # the view has seen the bank
 
-    # An account the bank never opened, and a bank that does not exist.
+    # An account the bank never opened, and another bank.
     refused = refusal(lambda: summary(views, "zed"))
     assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
     assert refused.metadata["account_id"] == "zed"
     assert int(refused.metadata["position"]) >= opened
     refused = refusal(lambda: statement(views, "zed"))
     assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+    # Another bank, existing or not, is out of this key's scope: nothing about it leaks.
     refused = refusal(
         lambda: views.GetAccountSummary(
             vpb.GetAccountSummaryRequest(bank_id="nowhere", account_id="ana")
         )
     )
-    assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "BANK_OUT_OF_SCOPE",
+    )
     refused = refusal(
         lambda: views.GetBankReport(
             vpb.GetBankReportRequest(bank_id="nowhere", from_month="2025-01", to_month="2025-02")
         )
     )
-    assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "BANK_OUT_OF_SCOPE",
+    )
 
     # Bad input names its field: page token, page size, min_position, ids.
     bad: list[tuple[Callable[[], object], str, str]] = [
@@ -538,11 +534,13 @@ def test_health_and_reflection_list_the_view_service(served: Served) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_view_not_caught_up_when_nothing_follows_the_log(store_url: str, clock: Clock) -> None:
+def test_view_not_caught_up_when_nothing_follows_the_log(
+    store_url: str, clock: Clock, pki: Pki
+) -> None:
     # The server serves views but leaves following the log to another process, which is
     # not running: the views stay empty.
     with serving(
-        store_url, clock, projections="off", read_wait_seconds=short_read_wait_seconds
+        store_url, clock, pki, projections="off", read_wait_seconds=short_read_wait_seconds
     ) as served:
         ledger, views = served.ledger, served.views
         opened = open_bank(ledger, "ana", "ben")
@@ -562,8 +560,8 @@ def test_view_not_caught_up_when_nothing_follows_the_log(store_url: str, clock: 
         }
         refused = refusal(lambda: report(views, "2025-01", "2025-12", min_position=opened))
         assert (refused.reason, refused.metadata["projection"]) == ("VIEW_NOT_CAUGHT_UP", "reports")
-        # A position the bank never reached is refused, not waited for forever; so is a bank
-        # that does not exist.
+        # A position the bank never reached is refused, not waited for forever; another bank
+        # is refused before anything waits.
         refused = refusal(lambda: summary(views, "ana", min_position=garden.position + 100))
         assert (refused.code, refused.reason) == (
             grpc.StatusCode.FAILED_PRECONDITION,
@@ -574,21 +572,28 @@ def test_view_not_caught_up_when_nothing_follows_the_log(store_url: str, clock: 
                 vpb.GetAccountSummaryRequest(bank_id="nowhere", account_id="ana", min_position=1)
             )
         )
-        assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "BANK_OUT_OF_SCOPE",
+        )
         # Without min_position the caller asked for no freshness: the view has not seen the
         # bank at all, and says so.
         refused = refusal(lambda: summary(views, "ana"))
         assert (refused.code, refused.reason) == (grpc.StatusCode.NOT_FOUND, "BANK_NOT_FOUND")
 
-        # The lag gauge shows how far behind the views are: every event of the bank.
+        # The lag gauge shows how far behind the views are: every event in the log, the
+        # bank's and the one before them (the operator key the test server starts with).
         served.projections.refresh_metrics()
-        assert sample("ledger_projection_lag_events", projection="accounts") == garden.position
+        others = 1
+        assert served.projections.store.recorder.max_notification_id() == garden.position + others
+        lag = sample("ledger_projection_lag_events", projection="accounts")
+        assert lag == garden.position + others
         assert sample("ledger_projection_position", projection="accounts") == 0
 
         # The accounts view catches up by part of the log: reads up to there work, a read
         # beyond still waits and fails.
         runner = served.projections.runner("accounts")
-        runner.batch_max = opened
+        runner.batch_max = opened + others
         runner.run_once()
         assert summary(views, "ana", min_position=opened).account.balance_minutes == 0
         refused = refusal(lambda: summary(views, "ana", min_position=garden.position))
@@ -598,13 +603,15 @@ def test_view_not_caught_up_when_nothing_follows_the_log(store_url: str, clock: 
         runner.run_until_caught_up()
         served.projections.refresh_metrics()
         assert sample("ledger_projection_lag_events", projection="accounts") == 0
-        assert sample("ledger_projection_position", projection="accounts") == garden.position
+        assert (
+            sample("ledger_projection_position", projection="accounts") == garden.position + others
+        )
         read = summary(views, "ana", min_position=garden.position)
         assert (read.position, read.account.balance_minutes) == (garden.position, 90)
 
 
-def test_read_wait_never_outlives_the_callers_deadline(clock: Clock) -> None:
-    with serving("memory://", clock, projections="off", read_wait_seconds=10.0) as served:
+def test_read_wait_never_outlives_the_callers_deadline(clock: Clock, pki: Pki) -> None:
+    with serving("memory://", clock, pki, projections="off", read_wait_seconds=10.0) as served:
         opened = open_bank(served.ledger, "ana")
         # The server would wait ten seconds; the caller allows one: it hears UNAVAILABLE
         # with the reason in time, not DEADLINE_EXCEEDED.
@@ -617,11 +624,11 @@ def test_read_wait_never_outlives_the_callers_deadline(clock: Clock) -> None:
         assert refused.reason == "VIEW_NOT_CAUGHT_UP"
 
 
-def test_lag_gauge_follows_the_runner_and_metrics_are_exported(clock: Clock) -> None:
+def test_lag_gauge_follows_the_runner_and_metrics_are_exported(clock: Clock, pki: Pki) -> None:
     exporter = metrics.start_exporter("127.0.0.1:0")
     assert exporter is not None
     try:
-        with serving("memory://", clock) as served:
+        with serving("memory://", clock, pki) as served:
             # After a write that a read has seen, the follower's gauges reach the log's head.
             position = open_bank(served.ledger, "ana")
             summary(served.views, "ana", min_position=position)
@@ -686,13 +693,14 @@ def view_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 def test_replay_rebuilds_identical_rows(
     tmp_path: Path,
     clock: Clock,
+    pki: Pki,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = tmp_path / "ledger.sqlite3"
     url = f"sqlite:///{path}"
     # A history built live: exchanges, holds posted, voided and expired, a reversal.
-    with serving(url, clock) as served:
+    with serving(url, clock, pki) as served:
         ledger = served.ledger
         open_bank(ledger, "ana", "ben", "cas")
         for number in range(30):
@@ -741,11 +749,11 @@ def test_replay_rebuilds_identical_rows(
     assert cli.main(["replay", "--projection", "accounts"]) == 2
 
 
-def test_project_follows_the_log_until_stopped(tmp_path: Path, clock: Clock) -> None:
+def test_project_follows_the_log_until_stopped(tmp_path: Path, clock: Clock, pki: Pki) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     settings = Settings(database_url=url, metrics_address="off", projections="off")
     # A server whose views are followed by a separate `project` (here in a thread).
-    with serving(url, clock, projections="off") as served:
+    with serving(url, clock, pki, projections="off") as served:
         stopping = threading.Event()
         result: list[int] = []
         follower = threading.Thread(

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ledger.application import pages
+from ledger.application import deployment, pages
 from ledger.application.writer import Clock, Result
 from ledger.application.writers import Writers
 from ledger.config import Settings
 from ledger.domain.bank import bank_not_found, bank_uuid
-from ledger.domain.commands import Command, CreateBank, check_id
-from ledger.domain.errors import NotFound
+from ledger.domain.commands import Command, CreateBank, IssueApiKey, RevokeApiKey, check_id
+from ledger.domain.errors import ConsentRequired, NotFound
+from ledger.domain.state import MemberTokenKey
 from ledger.domain.views import AccountView, BankView, TransferView
+from ledger.storage.rows import StoredApiKey
 from ledger.storage.store import LedgerStore
 
 
@@ -29,9 +31,10 @@ class Ledger:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self._settings = settings
+        self._clock = clock or system_clock
         self.store = LedgerStore(settings.eventsourcing_env())
         try:
-            self.writers = Writers(self.store, settings, clock or system_clock)
+            self.writers = Writers(self.store, settings, self._clock)
         except BaseException:
             self.store.close()
             raise
@@ -113,6 +116,69 @@ class Ledger:
         views = [view for _, view in found[:size]]
         more = len(found) > size
         return views, pages.encode_token("t", found[size - 1][0]) if more else ""
+
+    def check_statement_reader(
+        self, bank_id: str, account_id: str, *, via_front_end: bool, member_subject: str | None
+    ) -> None:
+        """With the bank's consent policy on, a front-end reads a member's statement only with
+        that member's token (ConsentRequired); admins and auditors read every statement."""
+        if not via_front_end or member_subject == account_id:
+            return
+        if not self.get_bank(bank_id).member_tokens_required:
+            return
+        if self.get_account(bank_id, account_id).kind != "member":
+            return
+        raise ConsentRequired(
+            "MEMBER_TOKEN_REQUIRED",
+            f"reading member {account_id!r}'s statement needs that member's token",
+            field="x-member-token",
+            metadata={"account_id": account_id},
+        )
+
+    # ----------------------------------------------------------------- access
+
+    def issue_operator_key(self, command: IssueApiKey) -> int:
+        """Records a new operator key in the deployment's history; returns its position."""
+        return deployment.issue_operator_key(self.store, command, self._clock())
+
+    def revoke_operator_key(self, command: RevokeApiKey) -> int:
+        if self.store.api_key(command.key_id) is None:
+            raise NotFound(
+                "API_KEY_NOT_FOUND",
+                f"key {command.key_id!r} is not an operator key",
+                field="key_id",
+                metadata={"key_id": command.key_id},
+            )
+        return deployment.revoke_operator_key(self.store, command, self._clock())
+
+    def api_key(self, key_id: str) -> StoredApiKey | None:
+        return self.store.api_key(key_id)
+
+    def api_keys(
+        self, bank_id: str | None, page_size: int, page_token: str
+    ) -> tuple[list[StoredApiKey], str]:
+        """A bank's keys (None: the operator keys) in the order they were issued."""
+        size = pages.page_size(page_size)
+        after = pages.decode_token("k", page_token) or 0
+        if bank_id is None:
+            uuid = deployment.deployment_uuid
+        else:
+            check_id("bank_id", bank_id)
+            self.get_bank(bank_id)
+            uuid = str(bank_uuid(bank_id))
+        found = self.store.api_keys_page(uuid, after, size + 1)
+        more = len(found) > size
+        return found[:size], pages.encode_token("k", found[size - 1].position) if more else ""
+
+    def member_token_keys(self, bank_id: str) -> list[MemberTokenKey]:
+        check_id("bank_id", bank_id)
+        return self.store.member_token_keys(str(bank_uuid(bank_id)))
+
+    def banks_created_by(self, actor: str) -> int:
+        return self.store.banks_created_by(actor)
+
+    def has_operator_key(self) -> bool:
+        return bool(self.store.api_keys_page(deployment.deployment_uuid, 0, 1))
 
     # ----------------------------------------------------------------- lifecycle
 

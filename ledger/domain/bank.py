@@ -1,8 +1,9 @@
 """A time bank: its creation, and the one entry point that runs any command on a batch.
 
 The rules live in small modules, one concern each: accounts.py (opening, limits, status),
-transfers.py (new transfers, batches, reversals), holds.py (post, void, expire) and
-idempotency.py (retries of client-chosen ids). This module only creates banks and sends each
+transfers.py (new transfers, batches, reversals), holds.py (post, void, expire),
+idempotency.py (retries of client-chosen ids), access.py (keys and policy) and consent.py
+(member tokens). This module only creates banks and sends each
 command to its module. Every command checks everything before it records an event, so a
 refused command changes nothing.
 """
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from ledger.domain import accounts, holds, transfers
+from ledger.domain import access, accounts, holds, transfers
 from ledger.domain.batch import Batch
 from ledger.domain.commands import (
     ChangeLimits,
@@ -24,17 +25,22 @@ from ledger.domain.commands import (
     CreateBank,
     CreateTransfer,
     CreateTransfers,
+    IssueApiKey,
     OpenAccount,
     PostPending,
+    RegisterMemberTokenKey,
+    RemoveMemberTokenKey,
     ReverseTransfer,
+    RevokeApiKey,
+    SetBankPolicy,
     VoidPending,
 )
 from ledger.domain.errors import NotFound
 from ledger.domain.events import Event, event_type
 from ledger.domain.idempotency import check_retry
-from ledger.domain.views import AccountView, BankView, BatchItemResult, TransferView
+from ledger.domain.views import BankView
 
-Result = AccountView | TransferView | BankView | list[BatchItemResult]
+Result = Any
 
 
 def bank_uuid(bank_id: str) -> UUID:
@@ -76,6 +82,7 @@ def _bank_view(batch: Batch) -> BankView:
         chain_head="",  # known once the batch is encoded; the writer fills it in
         account_count=batch.account_count,
         transfer_count=batch.transfer_count,
+        member_tokens_required=batch.member_tokens_required,
     )
 
 
@@ -89,7 +96,7 @@ class BankCreated(Event):
     actor_label: str
 
     def apply(self, batch: Batch, version: int, timestamp: datetime) -> None:
-        batch.create(self.bank_id, self.name, timestamp)
+        batch.create(self.bank_id, self.name, timestamp, self.actor)
 
 
 _HANDLERS: dict[type[Command], Callable[[Batch, Any], Result]] = {
@@ -102,6 +109,11 @@ _HANDLERS: dict[type[Command], Callable[[Batch, Any], Result]] = {
     PostPending: holds.post_pending,
     VoidPending: holds.void_pending,
     ReverseTransfer: transfers.reverse_transfer,
+    IssueApiKey: access.issue_api_key,
+    RevokeApiKey: access.revoke_api_key,
+    RegisterMemberTokenKey: access.register_member_token_key,
+    RemoveMemberTokenKey: access.remove_member_token_key,
+    SetBankPolicy: access.set_bank_policy,
 }
 
 
@@ -126,6 +138,6 @@ def referenced_ids(commands: Iterable[Command]) -> tuple[set[str], set[str]]:
         elif isinstance(command, PostPending | VoidPending):
             transfer_ids.add(command.transfer_id)
             request_ids.add(command.request_id)
-        elif isinstance(command, ChangeLimits | ChangeStatus):
+        elif isinstance(command, ChangeLimits | ChangeStatus | SetBankPolicy):
             request_ids.add(command.request_id)
     return transfer_ids, request_ids

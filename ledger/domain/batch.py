@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from ledger.domain.events import Event
 from ledger.domain.records import RecordBook
-from ledger.domain.state import Account, BankState, Hold
+from ledger.domain.state import Account, ApiKeyState, BankState, Hold, MemberTokenKey
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -41,6 +41,11 @@ class Batch:
         self.bank_id = state.bank_id
         self.name = state.name
         self.created_at = state.created_at
+        self.created_by = state.created_by
+        self.member_tokens_required = state.member_tokens_required
+        # Changed keys; the member-token keys are copied whole when one changes (at most 8).
+        self.api_keys: dict[str, ApiKeyState] = {}
+        self._member_token_keys: dict[str, MemberTokenKey] | None = None
         self._accounts: dict[str, Account] = {}
         self._holds_added: dict[str, Hold] = {}
         self._holds_removed: set[str] = set()
@@ -57,10 +62,37 @@ class Batch:
     def bank_uuid(self) -> str:
         return self.state.bank_uuid
 
-    def create(self, bank_id: str, name: str, created_at: datetime) -> None:
+    def create(self, bank_id: str, name: str, created_at: datetime, created_by: str) -> None:
         assert not self.state.exists, "a bank is created once"
         assert self.version == 1, "a bank is created by its event 1"
         self.bank_id, self.name, self.created_at = bank_id, name, created_at
+        self.created_by = created_by
+
+    # ----------------------------------------------------------------- access
+
+    def api_key(self, key_id: str) -> ApiKeyState | None:
+        found = self.api_keys.get(key_id)
+        return found if found is not None else self.state.api_keys.get(key_id)
+
+    @property
+    def active_api_key_count(self) -> int:
+        keys = {**self.state.api_keys, **self.api_keys}
+        return sum(1 for key in keys.values() if not key.revoked)
+
+    @property
+    def member_token_keys(self) -> dict[str, MemberTokenKey]:
+        """The bank's member-token keys as this batch sees them (do not change this dict)."""
+        found = self._member_token_keys
+        return found if found is not None else self.state.member_token_keys
+
+    def member_token_keys_for_update(self) -> dict[str, MemberTokenKey]:
+        if self._member_token_keys is None:
+            self._member_token_keys = dict(self.state.member_token_keys)
+        return self._member_token_keys
+
+    @property
+    def member_token_keys_changed(self) -> bool:
+        return self._member_token_keys is not None
 
     # ----------------------------------------------------------------- accounts
 
@@ -157,6 +189,11 @@ class Batch:
         state.last_timestamp = self.timestamp
         state.transfer_count = self.transfer_count
         state.bank_id, state.name, state.created_at = self.bank_id, self.name, self.created_at
+        state.created_by = self.created_by
+        state.member_tokens_required = self.member_tokens_required
+        state.api_keys.update(self.api_keys)
+        if self._member_token_keys is not None:
+            state.member_token_keys = self._member_token_keys
         state.accounts.update(self._accounts)
         for transfer_id in self._holds_removed:
             del state.holds[transfer_id]

@@ -23,6 +23,8 @@ import rfc8785
 
 # The first character whose presence could make code point and UTF-16 key orders differ.
 _FAST_PATH_CHAR_LIMIT = "\ue000"
+# The integers JSON (an IEEE 754 double) holds exactly; RFC 8785 refuses any other.
+SAFE_INTEGER_MAX = 2**53 - 1
 
 
 class NotCanonicalError(ValueError):
@@ -31,6 +33,7 @@ class NotCanonicalError(ValueError):
 
 def encode(value: Any) -> bytes:
     """The RFC 8785 canonical JSON bytes of `value` (UTF-8)."""
+    _check_values(value)
     try:
         text = json.dumps(
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -48,6 +51,46 @@ def encode(value: Any) -> bytes:
         raise NotCanonicalError(str(error)) from None
 
 
+def _check_values(value: Any) -> None:
+    """NotCanonicalError unless `value` holds only what a history may: objects with string
+    keys, arrays, strings, booleans, null and integers within ±(2**53 - 1); no float.
+
+    The standard library's encoder would write a float (`1.0`, not RFC 8785's `1`) and an
+    integer of any size, and turn integer keys into strings, so this is checked first. The
+    common cases (plain strings, booleans, None and small integers) are tested inline.
+    """
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise NotCanonicalError(f"object key {key!r} is not a string")
+            item_kind = type(item)
+            if item_kind is int:
+                if not -SAFE_INTEGER_MAX <= item <= SAFE_INTEGER_MAX:
+                    raise NotCanonicalError(f"integer {item} is outside ±(2**53 - 1)")
+            elif item_kind not in _PLAIN:
+                _check_values(item)
+    elif kind is list or kind is tuple:
+        for item in value:
+            if type(item) not in _PLAIN:
+                _check_values(item)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    elif isinstance(value, int):
+        if not -SAFE_INTEGER_MAX <= value <= SAFE_INTEGER_MAX:
+            raise NotCanonicalError(f"integer {value} is outside ±(2**53 - 1)")
+    else:
+        raise NotCanonicalError(f"{kind.__name__} has no canonical form in this history")
+
+
+# Values with nothing to check.
+_PLAIN = frozenset({str, bool, type(None)})
+
+
+def _refuse_number(text: str) -> Any:
+    raise NotCanonicalError(f"{text} is not an integer")
+
+
 def decode(data: bytes) -> Any:
     """Parse canonical JSON bytes; NotCanonicalError if they are not exactly canonical.
 
@@ -55,8 +98,10 @@ def decode(data: bytes) -> Any:
     what was hashed: whitespace, key order, escapes, duplicate keys, number forms.
     """
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        value = json.loads(data, parse_float=_refuse_number, parse_constant=_refuse_number)
+    except NotCanonicalError:
+        raise
+    except (ValueError, RecursionError) as error:  # not JSON, or past the parser's limits
         raise NotCanonicalError(f"not JSON: {error}") from None
     if encode(value) != data:
         raise NotCanonicalError("the bytes are JSON but not in canonical form")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from ledger.domain import limits
 from ledger.domain.errors import InvalidInput
 
 ACCOUNT_KINDS = ("member", "pool", "system")
+# The roles an API key of one bank can have (operator keys belong to the deployment).
+BANK_KEY_ROLES = ("bank-admin", "member-app", "auditor", "federation-peer")
+KEY_ROLES = ("operator", *BANK_KEY_ROLES)
 _id_re = re.compile(limits.id_pattern)
 _content_fields: dict[type, tuple[str, ...]] = {}
 
@@ -227,7 +230,12 @@ class CreateTransfer(Command):
     timeout_seconds: int = 0
     actor: str = ""
     actor_label: str = ""
+    # Member consent (see consent.py): whether the call came through a bank's front-end
+    # key, and the account a member token the caller presented names, if any.
+    via_front_end: bool = False
+    member_subject: str | None = None
     id_field = "transfer_id"
+    not_content = (*Command.not_content, "via_front_end", "member_subject")
 
     def validate(self) -> None:
         check_id("transfer_id", self.transfer_id)
@@ -287,7 +295,10 @@ class PostPending(Command):
     amount_minutes: int | None = None
     actor: str = ""
     actor_label: str = ""
+    via_front_end: bool = False
+    member_subject: str | None = None
     id_field = "request_id"
+    not_content = (*Command.not_content, "via_front_end", "member_subject")
 
     def validate(self) -> None:
         check_id("request_id", self.request_id)
@@ -333,6 +344,94 @@ class ReverseTransfer(Command):
         check_actor(self.actor, self.actor_label)
 
 
+@dataclass(frozen=True, slots=True)
+class IssueApiKey(Command):
+    """A new API key of the bank. The key id and the secret's hash are made by the caller
+    (the secret itself never reaches the domain); there is no retry: a lost answer means
+    issuing another key and revoking the unused one."""
+
+    key_id: str
+    role: str
+    secret_hash: str
+    label: str = ""
+    expires_at: datetime | None = None
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "key_id"
+
+    def validate(self) -> None:
+        check_id("key_id", self.key_id)
+        if self.role not in KEY_ROLES:
+            raise InvalidInput(
+                "INVALID_ROLE", f"role must be one of {', '.join(KEY_ROLES)}", field="role"
+            )
+        check_text("label", self.label, limits.key_label_length_max)
+        check_actor(self.actor, self.actor_label)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeApiKey(Command):
+    key_id: str
+    reason: str = ""
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "key_id"
+
+    def validate(self) -> None:
+        check_id("key_id", self.key_id)
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_actor(self.actor, self.actor_label)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterMemberTokenKey(Command):
+    """A public key of the bank's own identity provider, that member tokens are signed with.
+    The service checks and normalises the key (PEM, Ed25519 or P-256) before it gets here."""
+
+    kid: str
+    algorithm: str
+    public_key_pem: str
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "kid"
+
+    def validate(self) -> None:
+        check_text("kid", self.kid, limits.member_token_kid_length_max, required=True)
+        if self.algorithm not in limits.member_token_algorithms:
+            raise InvalidInput(
+                "INVALID_ALGORITHM",
+                f"member tokens are signed with {' or '.join(limits.member_token_algorithms)}",
+                field="algorithm",
+            )
+        check_text("public_key_pem", self.public_key_pem, limits.member_token_key_pem_length_max)
+        check_actor(self.actor, self.actor_label)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMemberTokenKey(Command):
+    kid: str
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "kid"
+
+    def validate(self) -> None:
+        check_text("kid", self.kid, limits.member_token_kid_length_max, required=True)
+        check_actor(self.actor, self.actor_label)
+
+
+@dataclass(frozen=True, slots=True)
+class SetBankPolicy(Command):
+    request_id: str
+    member_tokens_required: bool
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_actor(self.actor, self.actor_label)
+
+
 BankCommand = (
     OpenAccount
     | ChangeLimits
@@ -342,4 +441,9 @@ BankCommand = (
     | PostPending
     | VoidPending
     | ReverseTransfer
+    | IssueApiKey
+    | RevokeApiKey
+    | RegisterMemberTokenKey
+    | RemoveMemberTokenKey
+    | SetBankPolicy
 )

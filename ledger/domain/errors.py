@@ -65,5 +65,18 @@ class Overloaded(DomainError):
     """Too much work is queued for this bank (RESOURCE_EXHAUSTED); retry later."""
 
 
+class Forbidden(DomainError):
+    """The caller's role may not do this (PERMISSION_DENIED)."""
+
+
+class ConsentRequired(Forbidden):
+    """The caller may not do this to a member's account without that member's token
+    (PERMISSION_DENIED)."""
+
+
+class QuotaReached(DomainError):
+    """A bound on what a bank or a key may hold was reached (RESOURCE_EXHAUSTED)."""
+
+
 class HistoryDamaged(DomainError):
     """A bank's stored history does not verify (DATA_LOSS); an operator must look at it."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ledger.domain import accounts, bank, canonical, chain, holds, transfers  # noqa: F401
+from ledger.domain import access, accounts, bank, canonical, chain, holds, transfers  # noqa: F401
 from ledger.domain.batch import Batch
 from ledger.domain.events import Event, type_named
 from ledger.domain.records import RecordBook

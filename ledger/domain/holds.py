@@ -14,6 +14,7 @@ from datetime import datetime
 from ledger.domain.accounts import check_open, require_account
 from ledger.domain.batch import Batch
 from ledger.domain.commands import PostPending, VoidPending
+from ledger.domain.consent import check_consent
 from ledger.domain.errors import PreconditionFailed
 from ledger.domain.events import Event, event_type
 from ledger.domain.idempotency import earlier_request
@@ -31,6 +32,12 @@ def post_pending(batch: Batch, command: PostPending) -> TransferView:
     hold = _open_hold(batch, transfer)
     for account_id in (hold.payer_account_id, hold.payee_account_id):
         check_open(require_account(batch, account_id))
+    check_consent(
+        batch,
+        require_account(batch, hold.payer_account_id),
+        via_front_end=command.via_front_end,
+        member_subject=command.member_subject,
+    )
     amount = hold.amount_minutes if command.amount_minutes is None else command.amount_minutes
     if amount > hold.amount_minutes:
         raise PreconditionFailed(

@@ -64,6 +64,10 @@ class Reason(StrEnum):
     REVERSAL_OF_UNPOSTED = "REVERSAL_OF_UNPOSTED"
     REVERSED_TWICE = "REVERSED_TWICE"
     REVERSAL_MISMATCH = "REVERSAL_MISMATCH"
+    # Access events name keys that exist, once.
+    DUPLICATE_KEY = "DUPLICATE_KEY"
+    UNKNOWN_KEY = "UNKNOWN_KEY"
+    KEY_REVOKED_TWICE = "KEY_REVOKED_TWICE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,7 @@ class RecordedEvent:
         are not an event (not JSON, or without a usable bank, version or timestamp)."""
         try:
             body = json.loads(stored)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (ValueError, RecursionError) as error:  # not JSON, or past the parser's limits
             raise MalformedEventError(f"not JSON: {error}") from None
         if not isinstance(body, dict):
             raise MalformedEventError("the event is not a JSON object")
@@ -112,9 +116,13 @@ class RecordedEvent:
             raise MalformedEventError(f"timestamp {timestamp_text!r} is not ISO 8601") from None
         if timestamp.utcoffset() is None:
             raise MalformedEventError(f"timestamp {timestamp_text!r} has no time zone")
+        if timestamp.utcoffset() or timestamp.isoformat(timespec="microseconds") != timestamp_text:
+            raise MalformedEventError(
+                f"timestamp {timestamp_text!r} is not UTC as 2026-01-31T12:00:00.000000+00:00"
+            )
         try:
             canonical = canonical_json(body) == stored
-        except ValueError:
+        except (ValueError, RecursionError):  # a float, a huge integer, nesting too deep
             canonical = False
         return cls(
             bank_uuid=bank,
@@ -243,6 +251,12 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
         "payee_account_id": (str,),
         "amount_minutes": (int,),
     },
+    # Access: who was given a key, and the bank's consent policy. They move no minutes.
+    "ApiKeyIssued": {"key_id": (str,), "role": (str,)},
+    "ApiKeyRevoked": {"key_id": (str,)},
+    "MemberTokenKeyRegistered": {"kid": (str,), "algorithm": (str,), "public_key_pem": (str,)},
+    "MemberTokenKeyRemoved": {"kid": (str,)},
+    "BankPolicyChanged": {"request_id": (str,), "member_tokens_required": (bool,)},
 }
 
 # Each item of a TransfersCreated event.
@@ -309,7 +323,15 @@ class Verifier:
             "PendingVoided": self._pending_voided,
             "PendingExpired": self._pending_expired,
             "TransferReversed": self._transfer_reversed,
+            "ApiKeyIssued": self._key_issued,
+            "ApiKeyRevoked": self._key_revoked,
+            "MemberTokenKeyRegistered": self._member_token_key_registered,
+            "MemberTokenKeyRemoved": self._member_token_key_removed,
+            "BankPolicyChanged": self._policy_changed,
         }
+        # Access: key id -> revoked?, and the member-token keys' ids.
+        self._api_keys: dict[str, bool] = {}
+        self._member_token_kids: set[str] = set()
         assert set(self._handlers) == set(_SCHEMAS), "every event type needs a schema and a handler"
 
     # ----------------------------------------------------------------- the stream
@@ -672,6 +694,37 @@ class Verifier:
                 f"does not move {original.posted_amount_minutes} minutes from "
                 f"{original.payee_account_id!r} back to {original.payer_account_id!r}",
             )
+
+    # ----------------------------------------------------------------- access
+
+    def _key_issued(self, record: RecordedEvent, step: _Step) -> None:
+        key_id = record.fields["key_id"]
+        if key_id in self._api_keys:
+            self._report(step.version, Reason.DUPLICATE_KEY, f"key {key_id!r} issued twice")
+        self._api_keys[key_id] = False
+
+    def _key_revoked(self, record: RecordedEvent, step: _Step) -> None:
+        key_id = record.fields["key_id"]
+        if key_id not in self._api_keys:
+            self._report(step.version, Reason.UNKNOWN_KEY, f"key {key_id!r} was never issued")
+        elif self._api_keys[key_id]:
+            self._report(step.version, Reason.KEY_REVOKED_TWICE, f"key {key_id!r}")
+        self._api_keys[key_id] = True
+
+    def _member_token_key_registered(self, record: RecordedEvent, step: _Step) -> None:
+        kid = record.fields["kid"]
+        if kid in self._member_token_kids:
+            self._report(step.version, Reason.DUPLICATE_KEY, f"member-token key {kid!r}")
+        self._member_token_kids.add(kid)
+
+    def _member_token_key_removed(self, record: RecordedEvent, step: _Step) -> None:
+        kid = record.fields["kid"]
+        if kid not in self._member_token_kids:
+            self._report(step.version, Reason.UNKNOWN_KEY, f"member-token key {kid!r}")
+        self._member_token_kids.discard(kid)
+
+    def _policy_changed(self, record: RecordedEvent, step: _Step) -> None:
+        self._check_request_id(step.version, record.fields["request_id"])
 
     # ----------------------------------------------------------------- small steps
 

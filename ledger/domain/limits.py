@@ -25,3 +25,11 @@ transfers_per_batch_max = 1_000
 transfers_per_event_max = 1_000
 page_size_default = 50
 page_size_max = 1_000
+
+# Access: API key labels, keys a bank may hold, and its identity provider's public keys.
+key_label_length_max = 200
+api_keys_per_bank_max = 1_000
+member_token_keys_per_bank_max = 8  # room for rotation: old and new keys side by side
+member_token_kid_length_max = 128
+member_token_key_pem_length_max = 4096
+member_token_algorithms = ("EdDSA", "ES256")

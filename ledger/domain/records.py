@@ -100,6 +100,29 @@ class RequestRecord:
     position: int
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key as the index keeps it, to authenticate calls: only the secret's hash."""
+
+    key_id: str
+    role: str
+    secret_hash: str
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    created_by: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRevocation:
+    key_id: str
+    revoked_at: datetime
+    revoked_by: str
+    reason: str
+    position: int
+
+
 # Loads the records of the given ids that the tables hold (absent ids are left out).
 TransferLoader = Callable[[Iterable[str]], Mapping[str, TransferRecord]]
 RequestLoader = Callable[[Iterable[str]], Mapping[str, RequestRecord]]
@@ -118,6 +141,8 @@ class RecordBook:
         self.changed_transfers: dict[str, TransferRecord] = {}
         self.created_transfers: set[str] = set()
         self.new_requests: dict[str, RequestRecord] = {}
+        self.new_api_keys: list[ApiKeyRecord] = []
+        self.revoked_api_keys: list[ApiKeyRevocation] = []
 
     def prefetch(self, transfer_ids: Iterable[str], request_ids: Iterable[str]) -> None:
         """Look up many ids at once (one query each), before the batch runs."""

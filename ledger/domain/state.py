@@ -82,6 +82,25 @@ class Hold:
     deadline: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKeyState:
+    """What decisions need about one of the bank's API keys (the rest is in the index)."""
+
+    role: str
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemberTokenKey:
+    """A public key of the bank's identity provider; member tokens are signed with it."""
+
+    kid: str
+    algorithm: str
+    public_key_pem: str
+    registered_at: datetime
+    position: int
+
+
 @dataclass(slots=True)
 class BankState:
     bank_uuid: str
@@ -93,8 +112,15 @@ class BankState:
     chain_head: str = chain.GENESIS_HASH
     # The latest event's timestamp: a bank's timestamps never go backwards.
     last_timestamp: datetime | None = None
+    # The authenticated caller that created the bank (banks per operator key are bounded).
+    created_by: str = ""
     # Transfers ever recorded (reversals included); the last one's number.
     transfer_count: int = 0
+    # Access: whether debits of a member's account need that member's token, the bank's
+    # API keys, and its identity provider's public keys.
+    member_tokens_required: bool = False
+    api_keys: dict[str, ApiKeyState] = field(default_factory=dict)
+    member_token_keys: dict[str, MemberTokenKey] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
     # (deadline, transfer_id) of holds that can expire; entries of resolved holds are skipped.
@@ -116,6 +142,7 @@ class BankState:
             chain_head=self.chain_head,
             account_count=len(self.accounts),
             transfer_count=self.transfer_count,
+            member_tokens_required=self.member_tokens_required,
         )
 
     def next_deadline(self) -> datetime | None:
@@ -137,9 +164,25 @@ class BankState:
             "version": self.version,
             "chain_head": self.chain_head,
             "last_timestamp": chain.timestamp_text(self.last_timestamp),
+            "created_by": self.created_by,
             "transfer_count": self.transfer_count,
             "accounts": [_account_json(a) for a in self.accounts.values()],
             "holds": [_hold_json(h) for h in self.holds.values()],
+            "member_tokens_required": self.member_tokens_required,
+            "api_keys": [
+                {"key_id": key_id, "role": key.role, "revoked": key.revoked}
+                for key_id, key in self.api_keys.items()
+            ],
+            "member_token_keys": [
+                {
+                    "kid": key.kid,
+                    "algorithm": key.algorithm,
+                    "public_key_pem": key.public_key_pem,
+                    "registered_at": chain.timestamp_text(key.registered_at),
+                    "position": key.position,
+                }
+                for key in self.member_token_keys.values()
+            ],
         }
 
     @classmethod
@@ -155,9 +198,25 @@ class BankState:
             version=data["version"],
             chain_head=data["chain_head"],
             last_timestamp=datetime.fromisoformat(data["last_timestamp"]),
+            created_by=data["created_by"],
             transfer_count=data["transfer_count"],
             accounts={a.account_id: a for a in sorted(accounts, key=lambda a: a.number)},
             holds={h.transfer_id: h for h in holds},
+            member_tokens_required=data["member_tokens_required"],
+            api_keys={
+                item["key_id"]: ApiKeyState(item["role"], item["revoked"])
+                for item in data["api_keys"]
+            },
+            member_token_keys={
+                item["kid"]: MemberTokenKey(
+                    kid=item["kid"],
+                    algorithm=item["algorithm"],
+                    public_key_pem=item["public_key_pem"],
+                    registered_at=datetime.fromisoformat(item["registered_at"]),
+                    position=item["position"],
+                )
+                for item in data["member_token_keys"]
+            },
         )
         state.deadlines = [(h.deadline, h.transfer_id) for h in holds if h.deadline is not None]
         heapq.heapify(state.deadlines)

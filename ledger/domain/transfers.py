@@ -18,6 +18,7 @@ from ledger.domain import chain, limits
 from ledger.domain.accounts import check_not_closed, check_open, require_account
 from ledger.domain.batch import Batch
 from ledger.domain.commands import CreateTransfer, CreateTransfers, ReverseTransfer
+from ledger.domain.consent import check_consent
 from ledger.domain.errors import DomainError, InvalidInput, NotFound, PreconditionFailed
 from ledger.domain.events import Event, event_type
 from ledger.domain.idempotency import check_retry
@@ -120,6 +121,9 @@ def _check_transfer(batch: Batch, command: CreateTransfer, overlay: LimitOverlay
     payee = require_account(batch, command.payee_account_id, "payee_account_id")
     for account in (payer, payee):
         check_open(account)
+    check_consent(
+        batch, payer, via_front_end=command.via_front_end, member_subject=command.member_subject
+    )
     overlay.check_and_add(payer, payee, command.amount_minutes, pending=command.pending)
 
 

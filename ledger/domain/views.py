@@ -25,6 +25,8 @@ class BankView:
     chain_head: str
     account_count: int
     transfer_count: int
+    # The bank's consent policy: debits of members through front-end keys need their token.
+    member_tokens_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)

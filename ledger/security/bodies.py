@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from ledger.security.errors import InvalidRequest, Reason, ResourceExhausted, SecurityError
 
-# Larger than any valid request (a batch of transfers at its maximum with memos is well
-# under 1 MiB); gRPC's own max_receive_message_length is set a bit above it as a backstop.
-request_bytes_max = 1024 * 1024
+# Above any valid request: the largest, a batch of 1,000 transfers with every text field
+# at its maximum length in 4-byte characters, is about 3 MB. gRPC's own
+# max_receive_message_length is set a bit above this as a backstop (its refusal carries
+# no ErrorInfo).
+request_bytes_max = 4 * 1024 * 1024
 
 Deserializer = Callable[[bytes], object]
 

@@ -19,7 +19,9 @@ class Reason(StrEnum):
     API_KEY_INVALID = "API_KEY_INVALID"  # unknown key id or wrong secret, told apart to no one
     API_KEY_REVOKED = "API_KEY_REVOKED"
     API_KEY_EXPIRED = "API_KEY_EXPIRED"
-    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"  # the key's request rate or calls in flight
+    # The key's request rate here; its calls in flight are checked last, once the call is
+    # known to be admissible, so a refused call never holds one of them.
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     MALFORMED_REQUEST = "MALFORMED_REQUEST"  # the body is not a valid message of its type

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger import logs
+from ledger.domain.commands import check_id
+from ledger.domain.errors import DomainError
 from ledger.security import policy
 from ledger.security.api_keys import KeyDirectory, KeyRecord, authenticate, metadata_values
 from ledger.security.bodies import RefusedBody
@@ -38,6 +40,7 @@ from ledger.security.member_tokens import (
 )
 from ledger.security.policy import Rule, Scope
 from ledger.security.quotas import CallsInFlight, Clock, QuotaSettings, RequestRate, Slots
+from ledger.security.roles import Role
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,9 @@ class Gate:
             held.release()
             self._log_refusal(method, error, record)
             raise
+        except DomainError:
+            held.release()
+            raise
         caller = Caller(record.key_id, record.role, record.bank_id, subject)
         return Admission(caller, held)
 
@@ -229,9 +235,16 @@ def _check_scope(rule: Rule, record: KeyRecord, request: object) -> None:
     or not, and before anything is looked up, so no caller learns about other banks."""
     if rule.scope is Scope.DEPLOYMENT:
         in_scope, requested = record.bank_id == "", None
+    elif record.role is Role.OPERATOR:
+        # Let in by the role check: an operator's scope (the deployment) holds every bank.
+        check_id(policy.bank_id_field, getattr(request, policy.bank_id_field, ""))
+        in_scope, requested = True, None
     else:
-        requested = getattr(request, policy.bank_id_field)
+        requested = getattr(request, policy.bank_id_field, None)
+        # The policy test checks every BANK-scoped request type has this field.
         assert isinstance(requested, str), f"{type(request).__name__} has no bank_id string"
+        # A bank_id that is not an id is bad input, whoever asks: it names no bank at all.
+        check_id(policy.bank_id_field, requested)
         in_scope = record.bank_id != "" and requested == record.bank_id
     if not in_scope:
         raise PermissionDenied(

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
+from ledger.domain.errors import DomainError
 from ledger.security.bodies import RefusedBody, checked_deserializer, request_bytes_max
 from ledger.security.caller import context_with
 from ledger.security.errors import SecurityError
@@ -24,13 +25,18 @@ from ledger.security.gate import Admission, Gate, Metadata
 from ledger.security.policy import Rule, Scope
 from ledger.service import errors
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Behavior = Callable[..., Any]
+# grpc-stubs makes these generic; the runtime classes are not subscriptable.
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
 # Attributes grpc reads from a behavior (Health/Watch sets them); a wrapper keeps them.
 _behavior_attributes = ("experimental_non_blocking", "experimental_thread_pool")
 
 
-class SecurityInterceptor(grpc.ServerInterceptor[Any, Any]):
+class SecurityInterceptor(_ServerInterceptor):
     """Authenticates, authorises and bounds every call by the Gate's decisions."""
 
     def __init__(self, gate: Gate, request_bytes_max: int = request_bytes_max) -> None:
@@ -143,6 +149,8 @@ def _admit(
         return gate.admit(method, rule, metadata, request)
     except SecurityError as error:
         _abort(context, error)
+    except DomainError as error:  # a bank_id that is not an id: the field is named
+        context.abort_with_status(errors.to_status(error))
 
 
 def _checked_stream(

@@ -43,6 +43,10 @@ algorithms_allowed = ("EdDSA", "ES256")
 # The proto's id syntax: 1 to 64 of letters, digits and `. _ : -`, starting alphanumeric.
 _subject_re = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _kid_re = re.compile(rf"[\x21-\x7e]{{1,{member_token_kid_length_max}}}")  # printable ASCII
+_jwk_algorithms: dict[tuple[object, object], str] = {
+    ("OKP", "Ed25519"): "EdDSA",
+    ("EC", "P-256"): "ES256",
+}
 # Header parameters that change how a token is read; a token naming them is refused.
 _header_parameters_refused = ("crit", "b64")
 
@@ -116,14 +120,16 @@ def key_from_jwk(jwk: Mapping[str, Any] | str, kid: str | None = None) -> Member
         kid = named
     elif named is not None and named != kid:
         raise ValueError(f"the JWK's kid {named!r} is not {kid!r}")
+    algorithm = _jwk_algorithms.get((data.get("kty"), data.get("crv")))
+    if algorithm is None:
+        raise ValueError("a member-token key is an OKP Ed25519 or an EC P-256 JWK")
+    if data.get("alg", algorithm) != algorithm:
+        raise ValueError(f"the JWK's alg {data['alg']!r} does not fit its key ({algorithm})")
     try:
-        public_key = jwt.PyJWK(data).key
+        public_key = jwt.PyJWK(data, algorithm).key
     except jwt.PyJWTError as error:
         raise ValueError(f"not a usable JWK: {error}") from None
-    key = _key(kid, public_key)
-    if data.get("alg", key.algorithm) != key.algorithm:
-        raise ValueError(f"the JWK's alg {data['alg']!r} does not fit its key ({key.algorithm})")
-    return key
+    return _key(kid, public_key)
 
 
 def verify_member_token(
@@ -134,6 +140,7 @@ def verify_member_token(
     leeway_seconds: float = member_token_leeway_seconds_default,
 ) -> str:
     """The subject (account id) of a valid member token for `bank_id`; Unauthenticated if not."""
+    assert now.tzinfo is not None, "times are aware datetimes"
     key = _key_for(token, keys)
     try:
         claims = jwt.decode(

@@ -22,7 +22,9 @@ class Scope(StrEnum):
     # The whole deployment: the key has the deployment's scope (operator keys). The
     # request may name a bank (CreateBank names the new one) but needs no existing scope.
     DEPLOYMENT = "deployment"
-    # One bank: the request's `bank_id` field, which must be the key's bank.
+    # One bank: the request's `bank_id` field, which must be the key's bank. Where a rule
+    # of this scope lets operators in (key management), an operator key acts on any bank:
+    # its scope is the whole deployment.
     BANK = "bank"
 
 
@@ -48,10 +50,14 @@ _bank_admin = Rule(frozenset({Role.BANK_ADMIN}), Scope.BANK)
 # The front-end's everyday writes: accounts and transfers.
 _bank_write = Rule(frozenset({Role.BANK_ADMIN, Role.MEMBER_APP}), Scope.BANK)
 _bank_read = Rule(frozenset({Role.BANK_ADMIN, Role.MEMBER_APP, Role.AUDITOR}), Scope.BANK)
+# A bank's keys: operators manage bank-admin keys, bank admins their bank's other keys.
+_bank_keys = Rule(frozenset({Role.OPERATOR, Role.BANK_ADMIN}), Scope.BANK)
+_bank_access_read = Rule(frozenset({Role.BANK_ADMIN, Role.AUDITOR}), Scope.BANK)
 
 _ledger = "/timebank.ledger.v1.LedgerService/"
 _views = "/timebank.ledger.v1.LedgerViewService/"
 _health = "/grpc.health.v1.Health/"
+_access = "/timebank.ledger.v1.AccessService/"
 
 # Full method name -> rule. A method missing here is refused (deny by default); a test
 # fails when a registered service has a method without an entry.
@@ -76,6 +82,13 @@ rules: Mapping[str, Rule] = MappingProxyType(
         f"{_views}GetAccountSummary": _bank_read,
         f"{_views}ListStatementEntries": _bank_read,
         f"{_views}GetBankReport": _bank_read,
+        f"{_access}IssueApiKey": _bank_keys,
+        f"{_access}RevokeApiKey": _bank_keys,
+        f"{_access}ListApiKeys": _bank_keys,
+        f"{_access}RegisterMemberTokenKey": _bank_admin,
+        f"{_access}RemoveMemberTokenKey": _bank_admin,
+        f"{_access}ListMemberTokenKeys": _bank_access_read,
+        f"{_access}SetBankPolicy": _bank_admin,
         f"{_health}Check": _public,
         f"{_health}Watch": _public,
         f"{_health}List": _public,

@@ -146,8 +146,8 @@ class CallsInFlight:
 
     def release(self, key: str) -> None:
         with self._lock:
-            calls = self._calls[key]
-            assert calls >= 1
+            calls = self._calls.get(key, 0)
+            assert calls >= 1, f"released a call of key {key} that it did not hold"
             if calls == 1:
                 del self._calls[key]
             else:

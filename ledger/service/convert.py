@@ -7,6 +7,7 @@ An enum left UNSPECIFIED, or set to a number this version does not know, is Inva
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -25,6 +26,8 @@ from ledger.domain.commands import (
 )
 from ledger.domain.errors import DomainError, InvalidInput
 from ledger.domain.views import AccountView, BankView, BatchItemResult, TransferView
+from ledger.security.caller import current_caller
+from ledger.security.roles import Role
 from ledger.service import errors
 from timebank.ledger.v1 import ledger_pb2 as pb
 
@@ -60,11 +63,29 @@ StatusRequest = pb.FreezeAccountRequest | pb.UnfreezeAccountRequest | pb.CloseAc
 # ---------------------------------------------------------------------------------------
 
 
-def create_bank(request: pb.CreateBankRequest) -> CreateBank:
-    return CreateBank(bank_id=request.bank_id, name=request.name, actor_label=request.actor)
+@dataclass(frozen=True, slots=True)
+class Acting:
+    """Who a command is recorded as coming from: the authenticated caller (never text from
+    the request), whether through a front-end key, and the member whose token it carries."""
+
+    actor: str
+    via_front_end: bool = False
+    member_subject: str | None = None
 
 
-def open_account(request: pb.OpenAccountRequest) -> OpenAccount:
+def acting() -> Acting:
+    """The current call's caller, as the interceptor authenticated it."""
+    caller = current_caller()
+    return Acting(caller.actor, caller.role is Role.MEMBER_APP, caller.member_subject)
+
+
+def create_bank(request: pb.CreateBankRequest, by: Acting) -> CreateBank:
+    return CreateBank(
+        bank_id=request.bank_id, name=request.name, actor=by.actor, actor_label=request.actor_label
+    )
+
+
+def open_account(request: pb.OpenAccountRequest, by: Acting) -> OpenAccount:
     return OpenAccount(
         account_id=request.account_id,
         kind=_enum_from_proto("kind", request.kind, account_kinds, "INVALID_ACCOUNT_KIND"),
@@ -72,11 +93,12 @@ def open_account(request: pb.OpenAccountRequest) -> OpenAccount:
         upper_limit_minutes=(
             request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
         ),
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
     )
 
 
-def change_limits(request: pb.ChangeAccountLimitsRequest) -> ChangeLimits:
+def change_limits(request: pb.ChangeAccountLimitsRequest, by: Acting) -> ChangeLimits:
     return ChangeLimits(
         request_id=request.request_id,
         account_id=request.account_id,
@@ -85,21 +107,25 @@ def change_limits(request: pb.ChangeAccountLimitsRequest) -> ChangeLimits:
             request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
         ),
         reason=request.reason,
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
     )
 
 
-def change_status(request: StatusRequest, action: str) -> ChangeStatus:
+def change_status(request: StatusRequest, action: str, by: Acting) -> ChangeStatus:
     return ChangeStatus(
         request_id=request.request_id,
         account_id=request.account_id,
         action=action,
         reason=request.reason,
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
     )
 
 
-def create_transfer(request: pb.CreateTransferRequest | pb.NewTransfer) -> CreateTransfer:
+def create_transfer(
+    request: pb.CreateTransferRequest | pb.NewTransfer, by: Acting
+) -> CreateTransfer:
     return CreateTransfer(
         transfer_id=request.transfer_id,
         payer_account_id=request.payer_account_id,
@@ -110,40 +136,49 @@ def create_transfer(request: pb.CreateTransferRequest | pb.NewTransfer) -> Creat
         service_date=request.service_date,
         pending=request.pending,
         timeout_seconds=request.timeout_seconds,
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
+        via_front_end=by.via_front_end,
+        member_subject=by.member_subject,
     )
 
 
-def create_transfers(request: pb.CreateTransfersRequest) -> CreateTransfers:
+def create_transfers(request: pb.CreateTransfersRequest, by: Acting) -> CreateTransfers:
     return CreateTransfers(
-        items=tuple(create_transfer(item) for item in request.transfers), linked=request.linked
+        items=tuple(create_transfer(item, by) for item in request.transfers),
+        linked=request.linked,
     )
 
 
-def post_pending(request: pb.PostPendingTransferRequest) -> PostPending:
+def post_pending(request: pb.PostPendingTransferRequest, by: Acting) -> PostPending:
     return PostPending(
         request_id=request.request_id,
         transfer_id=request.transfer_id,
         amount_minutes=request.amount_minutes if request.HasField("amount_minutes") else None,
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
+        via_front_end=by.via_front_end,
+        member_subject=by.member_subject,
     )
 
 
-def void_pending(request: pb.VoidPendingTransferRequest) -> VoidPending:
+def void_pending(request: pb.VoidPendingTransferRequest, by: Acting) -> VoidPending:
     return VoidPending(
         request_id=request.request_id,
         transfer_id=request.transfer_id,
         reason=request.reason,
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
     )
 
 
-def reverse_transfer(request: pb.ReverseTransferRequest) -> ReverseTransfer:
+def reverse_transfer(request: pb.ReverseTransferRequest, by: Acting) -> ReverseTransfer:
     return ReverseTransfer(
         transfer_id=request.transfer_id,
         reverses_transfer_id=request.reverses_transfer_id,
         reason=request.reason,
-        actor_label=request.actor,
+        actor=by.actor,
+        actor_label=request.actor_label,
     )
 
 
@@ -170,6 +205,7 @@ def bank(view: BankView) -> pb.Bank:
         chain_head=view.chain_head,
         account_count=view.account_count,
         transfer_count=view.transfer_count,
+        member_tokens_required=view.member_tokens_required,
     )
 
 
@@ -208,7 +244,8 @@ def transfer(view: TransferView) -> pb.Transfer:
         reverses_transfer_id=view.reverses_transfer_id,
         reversed_by_transfer_id=view.reversed_by_transfer_id,
         reason=view.reason,
-        actor=view.actor_label,  # TODO(issue 8): authenticated actor and label
+        actor=view.actor,
+        actor_label=view.actor_label,
         created_position=view.created_position,
         position=view.position,
     )

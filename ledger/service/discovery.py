@@ -79,13 +79,19 @@ class HealthServicer(health.HealthServicer):
         )
 
 
-def enable_discovery(server: grpc.Server, service_names: Iterable[str]) -> HealthServicer:
+def enable_discovery(
+    server: grpc.Server,
+    service_names: Iterable[str],
+    health_servicer: HealthServicer | None = None,
+) -> HealthServicer:
     """Serves health (every service and "" SERVING) and reflection v1alpha and v1 on server.
 
-    Returns the health servicer, for the server to report NOT_SERVING when it drains.
+    Returns the health servicer (the one given, or a new one), for the server to report
+    NOT_SERVING when it drains.
     """
     services = tuple(service_names)
-    health_servicer = HealthServicer()
+    if health_servicer is None:
+        health_servicer = HealthServicer()
     for service in (health.OVERALL_HEALTH, *services):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -156,7 +162,16 @@ class _LayeredPool:
         return self._first(lambda pool: pool.FindFileByName(name), name)
 
     def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:
-        return self._first(lambda pool: pool.FindFileContainingSymbol(symbol), symbol)
+        try:
+            return self._first(lambda pool: pool.FindFileContainingSymbol(symbol), symbol)
+        except KeyError:
+            # The upb pool does not find a method (`pkg.Service.Method`), which clients such
+            # as grpcurl ask for: it is in its service's file.
+            service_name, _, method = symbol.rpartition(".")
+            service = self._first(lambda pool: pool.FindServiceByName(service_name), symbol)
+            if method not in service.methods_by_name:
+                raise
+            return service.file
 
     def FindMessageTypeByName(self, name: str) -> Descriptor:
         return self._first(lambda pool: pool.FindMessageTypeByName(name), name)

@@ -29,6 +29,8 @@ _codes: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.HistoryDamaged: grpc.StatusCode.DATA_LOSS,
+    errors.Forbidden: grpc.StatusCode.PERMISSION_DENIED,
+    errors.QuotaReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 # Metadata keys that name the resource a failed precondition is about, and its collection.

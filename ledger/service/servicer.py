@@ -19,9 +19,11 @@ import grpc
 
 from ledger import logs, metrics
 from ledger.application.ledger import Ledger
-from ledger.domain.commands import BankCommand, check_id
-from ledger.domain.errors import DomainError
+from ledger.domain import commands
+from ledger.domain.commands import Command, check_id
+from ledger.domain.errors import DomainError, QuotaReached
 from ledger.domain.views import AccountView, BatchItemResult, TransferView
+from ledger.security.caller import current_caller
 from ledger.service import convert, errors
 from timebank.ledger.v1 import ledger_pb2 as pb
 from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
@@ -52,6 +54,7 @@ def rpc(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request
     @functools.wraps(method)
     def call(self: Servicer, request: Request, context: grpc.ServicerContext) -> Response:
         ids = {field: getattr(request, field, "") for field in _logged_ids}
+        ids["key_id"] = current_caller().key_id
         with logs.bound(rpc=name, **{k: v for k, v in ids.items() if v}):
             started = time.monotonic()
             try:
@@ -95,8 +98,9 @@ def _finished(method: str, code: grpc.StatusCode, started: float) -> float:
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
     """The gRPC face of a Ledger."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, banks_per_operator_key_max: int) -> None:
         self._ledger = ledger
+        self._banks_per_key_max = banks_per_operator_key_max
 
     # Banks
 
@@ -104,7 +108,9 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def CreateBank(
         self, request: pb.CreateBankRequest, context: grpc.ServicerContext
     ) -> pb.CreateBankResponse:
-        view = self._ledger.create_bank(convert.create_bank(request))
+        command = convert.create_bank(request, convert.acting())
+        self._check_banks_quota(command)
+        view = self._ledger.create_bank(command)
         return pb.CreateBankResponse(bank=convert.bank(view), position=view.position)
 
     @rpc
@@ -120,7 +126,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def OpenAccount(
         self, request: pb.OpenAccountRequest, context: grpc.ServicerContext
     ) -> pb.OpenAccountResponse:
-        view = self._account(request.bank_id, convert.open_account(request))
+        view = self._account(request.bank_id, convert.open_account(request, convert.acting()))
         return pb.OpenAccountResponse(account=convert.account(view), position=view.position)
 
     @rpc
@@ -145,28 +151,34 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def ChangeAccountLimits(
         self, request: pb.ChangeAccountLimitsRequest, context: grpc.ServicerContext
     ) -> pb.ChangeAccountLimitsResponse:
-        view = self._account(request.bank_id, convert.change_limits(request))
+        view = self._account(request.bank_id, convert.change_limits(request, convert.acting()))
         return pb.ChangeAccountLimitsResponse(account=convert.account(view), position=view.position)
 
     @rpc
     def FreezeAccount(
         self, request: pb.FreezeAccountRequest, context: grpc.ServicerContext
     ) -> pb.FreezeAccountResponse:
-        view = self._account(request.bank_id, convert.change_status(request, "freeze"))
+        view = self._account(
+            request.bank_id, convert.change_status(request, "freeze", convert.acting())
+        )
         return pb.FreezeAccountResponse(account=convert.account(view), position=view.position)
 
     @rpc
     def UnfreezeAccount(
         self, request: pb.UnfreezeAccountRequest, context: grpc.ServicerContext
     ) -> pb.UnfreezeAccountResponse:
-        view = self._account(request.bank_id, convert.change_status(request, "unfreeze"))
+        view = self._account(
+            request.bank_id, convert.change_status(request, "unfreeze", convert.acting())
+        )
         return pb.UnfreezeAccountResponse(account=convert.account(view), position=view.position)
 
     @rpc
     def CloseAccount(
         self, request: pb.CloseAccountRequest, context: grpc.ServicerContext
     ) -> pb.CloseAccountResponse:
-        view = self._account(request.bank_id, convert.change_status(request, "close"))
+        view = self._account(
+            request.bank_id, convert.change_status(request, "close", convert.acting())
+        )
         return pb.CloseAccountResponse(account=convert.account(view), position=view.position)
 
     # Transfers
@@ -175,7 +187,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def CreateTransfer(
         self, request: pb.CreateTransferRequest, context: grpc.ServicerContext
     ) -> pb.CreateTransferResponse:
-        view = self._transfer(request.bank_id, convert.create_transfer(request))
+        view = self._transfer(request.bank_id, convert.create_transfer(request, convert.acting()))
         return pb.CreateTransferResponse(
             transfer=convert.transfer(view), position=view.created_position
         )
@@ -184,7 +196,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def CreateTransfers(
         self, request: pb.CreateTransfersRequest, context: grpc.ServicerContext
     ) -> pb.CreateTransfersResponse:
-        results = self._batch(request.bank_id, convert.create_transfers(request))
+        results = self._batch(request.bank_id, convert.create_transfers(request, convert.acting()))
         positions = [result.transfer.created_position for result in results if result.transfer]
         return pb.CreateTransfersResponse(
             results=convert.transfer_results(results), position=max(positions, default=0)
@@ -194,7 +206,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def PostPendingTransfer(
         self, request: pb.PostPendingTransferRequest, context: grpc.ServicerContext
     ) -> pb.PostPendingTransferResponse:
-        view = self._transfer(request.bank_id, convert.post_pending(request))
+        view = self._transfer(request.bank_id, convert.post_pending(request, convert.acting()))
         return pb.PostPendingTransferResponse(
             transfer=convert.transfer(view), position=view.position
         )
@@ -203,7 +215,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def VoidPendingTransfer(
         self, request: pb.VoidPendingTransferRequest, context: grpc.ServicerContext
     ) -> pb.VoidPendingTransferResponse:
-        view = self._transfer(request.bank_id, convert.void_pending(request))
+        view = self._transfer(request.bank_id, convert.void_pending(request, convert.acting()))
         return pb.VoidPendingTransferResponse(
             transfer=convert.transfer(view), position=view.position
         )
@@ -212,7 +224,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def ReverseTransfer(
         self, request: pb.ReverseTransferRequest, context: grpc.ServicerContext
     ) -> pb.ReverseTransferResponse:
-        view = self._transfer(request.bank_id, convert.reverse_transfer(request))
+        view = self._transfer(request.bank_id, convert.reverse_transfer(request, convert.acting()))
         return pb.ReverseTransferResponse(
             transfer=convert.transfer(view), position=view.created_position
         )
@@ -228,6 +240,13 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def ListAccountTransfers(
         self, request: pb.ListAccountTransfersRequest, context: grpc.ServicerContext
     ) -> pb.ListAccountTransfersResponse:
+        by = convert.acting()
+        self._ledger.check_statement_reader(
+            request.bank_id,
+            request.account_id,
+            via_front_end=by.via_front_end,
+            member_subject=by.member_subject,
+        )
         views, next_page_token = self._ledger.list_account_transfers(
             request.bank_id, request.account_id, request.page_size, request.page_token
         )
@@ -235,19 +254,34 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             transfers=[convert.transfer(view) for view in views], next_page_token=next_page_token
         )
 
+    def _check_banks_quota(self, command: commands.CreateBank) -> None:
+        """An operator key creates at most so many banks (a retry of one is not a new one)."""
+        command.validate()
+        if self._ledger.banks_created_by(command.actor) < self._banks_per_key_max:
+            return
+        try:
+            self._ledger.get_bank(command.bank_id)
+        except DomainError:
+            raise QuotaReached(
+                "BANKS_MAX_REACHED",
+                f"this operator key has created {self._banks_per_key_max} banks, as many as"
+                " one key may",
+                metadata={"banks_max": str(self._banks_per_key_max)},
+            ) from None
+
     # The Ledger returns one of three result types; each command has exactly one.
 
-    def _account(self, bank_id: str, command: BankCommand) -> AccountView:
+    def _account(self, bank_id: str, command: Command) -> AccountView:
         result = self._ledger.execute(bank_id, command)
         assert isinstance(result, AccountView), f"{type(command).__name__} gave {result!r}"
         return result
 
-    def _transfer(self, bank_id: str, command: BankCommand) -> TransferView:
+    def _transfer(self, bank_id: str, command: Command) -> TransferView:
         result = self._ledger.execute(bank_id, command)
         assert isinstance(result, TransferView), f"{type(command).__name__} gave {result!r}"
         return result
 
-    def _batch(self, bank_id: str, command: BankCommand) -> list[BatchItemResult]:
+    def _batch(self, bank_id: str, command: Command) -> list[BatchItemResult]:
         result = self._ledger.execute(bank_id, command)
         assert isinstance(result, list), f"{type(command).__name__} gave {result!r}"
         return result

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import grpc
 
-from ledger.service import view_convert
+from ledger.application.ledger import Ledger
+from ledger.domain.commands import check_id
+from ledger.service import convert, view_convert
 from ledger.service.servicer import rpc
 from projections.reads import ViewReads
 from timebank.ledger.v1 import views_pb2 as pb
@@ -24,13 +26,25 @@ deadline_margin_seconds = 0.05
 class LedgerViewServicer(pb_grpc.LedgerViewServiceServicer):
     """The gRPC face of the views."""
 
-    def __init__(self, reads: ViewReads) -> None:
+    def __init__(self, reads: ViewReads, ledger: Ledger) -> None:
         self._reads = reads
+        self._ledger = ledger
+
+    def _check_statement_reader(self, bank_id: str, account_id: str) -> None:
+        """A member's summary and statement, with the bank's consent policy on, are read by
+        a front-end only with that member's token."""
+        check_id("bank_id", bank_id)
+        check_id("account_id", account_id)
+        by = convert.acting()
+        self._ledger.check_statement_reader(
+            bank_id, account_id, via_front_end=by.via_front_end, member_subject=by.member_subject
+        )
 
     @rpc
     def GetAccountSummary(
         self, request: pb.GetAccountSummaryRequest, context: grpc.ServicerContext
     ) -> pb.GetAccountSummaryResponse:
+        self._check_statement_reader(request.bank_id, request.account_id)
         read = self._reads.account_summary(
             request.bank_id,
             request.account_id,
@@ -45,6 +59,7 @@ class LedgerViewServicer(pb_grpc.LedgerViewServiceServicer):
     def ListStatementEntries(
         self, request: pb.ListStatementEntriesRequest, context: grpc.ServicerContext
     ) -> pb.ListStatementEntriesResponse:
+        self._check_statement_reader(request.bank_id, request.account_id)
         read = self._reads.statement_page(
             request.bank_id,
             request.account_id,

@@ -45,9 +45,13 @@ class IndexWrite:
     account_transfers: list[tuple[Any, ...]] = field(default_factory=list)
     requests: list[tuple[Any, ...]] = field(default_factory=list)
     chain: list[tuple[Any, ...]] = field(default_factory=list)
+    api_keys: list[tuple[Any, ...]] = field(default_factory=list)
+    api_key_revocations: list[tuple[Any, ...]] = field(default_factory=list)
+    # (bank_uuid, the bank's member-token keys now) when they changed: replaced whole.
+    member_token_keys: tuple[str, list[tuple[Any, ...]]] | None = None
 
     def write(self, cursor: WriteCursor, dialect: Dialect) -> None:
-        statements = (
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
             (_upsert(dialect, "ledger_banks", rows.BANK_COLUMNS, ("bank_uuid",)), self.bank),
             (
                 _upsert(
@@ -74,7 +78,23 @@ class IndexWrite:
                 _insert(dialect, "ledger_chain", ("bank_uuid", "version", "chain_hash")),
                 self.chain,
             ),
-        )
+            (_insert(dialect, "ledger_api_keys", rows.API_KEY_COLUMNS), self.api_keys),
+            (
+                dialect.sql(
+                    f"UPDATE {dialect.table('ledger_api_keys')} SET revoked_at = ?,"
+                    " revoked_by = ?, revoke_reason = ? WHERE key_id = ?"
+                ),
+                self.api_key_revocations,
+            ),
+        ]
+        if self.member_token_keys is not None:
+            bank_uuid, keys = self.member_token_keys
+            table = dialect.table("ledger_member_token_keys")
+            cursor.executemany(
+                dialect.sql(f"DELETE FROM {table} WHERE bank_uuid = ?"), [(bank_uuid,)]
+            )
+            insert = _insert(dialect, "ledger_member_token_keys", rows.MEMBER_TOKEN_KEY_COLUMNS)
+            statements.append((insert, keys))
         for statement, params in statements:
             if params:
                 cursor.executemany(statement, params)
@@ -94,9 +114,10 @@ def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
         chain_head=stored[-1].chain_hash,
         account_count=batch.account_count,
         transfer_count=batch.transfer_count,
+        member_tokens_required=batch.member_tokens_required,
     )
     write = IndexWrite()
-    write.bank.append(rows.bank_row(bank_uuid, view, batch.timestamp))
+    write.bank.append(rows.bank_row(bank_uuid, view, batch.created_by, batch.timestamp))
     write.accounts = [rows.account_row(bank_uuid, a) for a in batch.changed_accounts()]
     records = batch.records
     write.transfers = [rows.transfer_row(bank_uuid, r) for r in records.changed_transfers.values()]
@@ -106,4 +127,23 @@ def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
             write.account_transfers.append((bank_uuid, account_id, record.number, transfer_id))
     write.requests = [rows.request_row(bank_uuid, r) for r in records.new_requests.values()]
     write.chain = [(bank_uuid, e.version, e.chain_hash) for e in stored]
+    write.api_keys = [rows.api_key_row(bank_uuid, batch.bank_id, k) for k in records.new_api_keys]
+    write.api_key_revocations = [
+        rows.api_key_revocation_row(revocation) for revocation in records.revoked_api_keys
+    ]
+    if batch.member_token_keys_changed:
+        keys = [rows.member_token_key_row(bank_uuid, k) for k in batch.member_token_keys.values()]
+        write.member_token_keys = (bank_uuid, keys)
+    return write
+
+
+def access_write(bank_uuid: str, batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
+    """The rows of a batch of the deployment's own history (operator keys): no bank row."""
+    assert batch.records is not None
+    write = IndexWrite()
+    write.chain = [(bank_uuid, e.version, e.chain_hash) for e in stored]
+    write.api_keys = [rows.api_key_row(bank_uuid, "", k) for k in batch.records.new_api_keys]
+    write.api_key_revocations = [
+        rows.api_key_revocation_row(revocation) for revocation in batch.records.revoked_api_keys
+    ]
     return write

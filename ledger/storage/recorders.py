@@ -22,6 +22,9 @@ from psycopg.sql import SQL
 from ledger.storage import schema, sql
 from ledger.storage.index import IndexWrite
 
+# The events table, on SQLite as on PostgreSQL (where the library names it after the store).
+events_table = "ledger_events"
+
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     """SQLite: the events and the index tables in one database file."""
@@ -29,7 +32,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     dialect = sql.SQLITE
 
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
-        super().__init__(datastore, events_table_name)
+        # The library's SQLite factory names the table stored_events whatever the
+        # application; the ledger's table has one name on every store.
+        super().__init__(datastore, events_table)
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *schema.statements("", "BLOB")]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ledger.domain import canonical, chain
-from ledger.domain.records import RequestRecord, TransferRecord
-from ledger.domain.state import Account
+from ledger.domain.records import ApiKeyRecord, ApiKeyRevocation, RequestRecord, TransferRecord
+from ledger.domain.state import Account, MemberTokenKey
 from ledger.domain.views import AccountView, BankView
 
 Row = Mapping[str, Any]
@@ -18,10 +19,12 @@ BANK_COLUMNS = (
     "bank_id",
     "name",
     "created_at",
+    "created_by",
     "position",
     "chain_head",
     "account_count",
     "transfer_count",
+    "member_tokens_required",
     "updated_at",
 )
 ACCOUNT_COLUMNS = (
@@ -75,16 +78,20 @@ def _time_of(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def bank_row(bank_uuid: str, view: BankView, updated_at: datetime) -> tuple[Any, ...]:
+def bank_row(
+    bank_uuid: str, view: BankView, created_by: str, updated_at: datetime
+) -> tuple[Any, ...]:
     return (
         bank_uuid,
         view.bank_id,
         view.name,
         _time(view.created_at),
+        created_by,
         view.position,
         view.chain_head,
         view.account_count,
         view.transfer_count,
+        view.member_tokens_required,
         _time(updated_at),
     )
 
@@ -98,6 +105,7 @@ def bank_view_of(row: Row) -> BankView:
         chain_head=row["chain_head"],
         account_count=row["account_count"],
         transfer_count=row["transfer_count"],
+        member_tokens_required=bool(row["member_tokens_required"]),
     )
 
 
@@ -201,5 +209,113 @@ def request_of(row: Row) -> RequestRecord:
         request_id=row["request_id"],
         kind=row["kind"],
         content=canonical.decode_trusted(row["content"].encode("utf-8")),
+        position=row["position"],
+    )
+
+
+API_KEY_COLUMNS = (
+    "key_id",
+    "bank_uuid",
+    "bank_id",
+    "role",
+    "secret_hash",
+    "label",
+    "created_at",
+    "expires_at",
+    "created_by",
+    "revoked_at",
+    "revoked_by",
+    "revoke_reason",
+    "position",
+)
+MEMBER_TOKEN_KEY_COLUMNS = (
+    "bank_uuid",
+    "kid",
+    "algorithm",
+    "public_key_pem",
+    "registered_at",
+    "position",
+)
+
+
+def api_key_row(bank_uuid: str, bank_id: str, record: ApiKeyRecord) -> tuple[Any, ...]:
+    return (
+        record.key_id,
+        bank_uuid,
+        bank_id,
+        record.role,
+        record.secret_hash,
+        record.label,
+        _time(record.created_at),
+        _time(record.expires_at),
+        record.created_by,
+        None,
+        "",
+        "",
+        record.position,
+    )
+
+
+def api_key_revocation_row(revocation: ApiKeyRevocation) -> tuple[Any, ...]:
+    return (
+        _time(revocation.revoked_at),
+        revocation.revoked_by,
+        revocation.reason,
+        revocation.key_id,
+    )
+
+
+def member_token_key_row(bank_uuid: str, key: MemberTokenKey) -> tuple[Any, ...]:
+    return (
+        bank_uuid,
+        key.kid,
+        key.algorithm,
+        key.public_key_pem,
+        _time(key.registered_at),
+        key.position,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredApiKey:
+    """An API key's row: what authenticating a call and listing a bank's keys read."""
+
+    key_id: str
+    bank_id: str
+    role: str
+    secret_hash: str
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    created_by: str
+    revoked_at: datetime | None
+    revoked_by: str
+    revoke_reason: str
+    position: int
+
+
+def api_key_of(row: Row) -> StoredApiKey:
+    return StoredApiKey(
+        key_id=row["key_id"],
+        bank_id=row["bank_id"],
+        role=row["role"],
+        secret_hash=row["secret_hash"],
+        label=row["label"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        expires_at=_time_of(row["expires_at"]),
+        created_by=row["created_by"],
+        revoked_at=_time_of(row["revoked_at"]),
+        revoked_by=row["revoked_by"],
+        revoke_reason=row["revoke_reason"],
+        position=row["position"],
+    )
+
+
+def member_token_key_of(row: Row) -> MemberTokenKey:
+    return MemberTokenKey(
+        kid=row["kid"],
+        algorithm=row["algorithm"],
+        public_key_pem=row["public_key_pem"],
+        registered_at=datetime.fromisoformat(row["registered_at"]),
         position=row["position"],
     )

@@ -7,6 +7,8 @@
     ledger_requests           the command recorded under each request id, kept forever
     ledger_chain              each event's chain hash (the event's bytes are in the log)
     ledger_snapshots          each bank's latest snapshot of its decision state
+    ledger_api_keys           every API key: role, scope, the hash of its secret, revocation
+    ledger_member_token_keys  each bank's identity-provider keys for member tokens
 
 Times are ISO 8601 text in UTC with microseconds, so they sort as text on both SQLite and
 PostgreSQL. Ids are the client's; `bank_uuid` is the bank's history id with dashes.
@@ -22,6 +24,8 @@ TABLES = (
     "ledger_requests",
     "ledger_chain",
     "ledger_snapshots",
+    "ledger_api_keys",
+    "ledger_member_token_keys",
 )
 
 
@@ -31,9 +35,11 @@ def statements(prefix: str, blob_type: str) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {p}ledger_banks ("
         " bank_uuid TEXT PRIMARY KEY, bank_id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,"
-        " created_at TEXT NOT NULL, position BIGINT NOT NULL, chain_head TEXT NOT NULL,"
-        " account_count BIGINT NOT NULL, transfer_count BIGINT NOT NULL,"
+        " created_at TEXT NOT NULL, created_by TEXT NOT NULL, position BIGINT NOT NULL,"
+        " chain_head TEXT NOT NULL, account_count BIGINT NOT NULL,"
+        " transfer_count BIGINT NOT NULL, member_tokens_required BOOLEAN NOT NULL,"
         " updated_at TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS ledger_banks_by_creator ON {p}ledger_banks (created_by)",
         f"CREATE TABLE IF NOT EXISTS {p}ledger_accounts ("
         " bank_uuid TEXT NOT NULL, account_id TEXT NOT NULL, number BIGINT NOT NULL,"
         " kind TEXT NOT NULL, status TEXT NOT NULL, lower_limit_minutes BIGINT NOT NULL,"
@@ -70,4 +76,18 @@ def statements(prefix: str, blob_type: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {p}ledger_snapshots ("
         " bank_uuid TEXT PRIMARY KEY, version BIGINT NOT NULL, chain_head TEXT NOT NULL,"
         f" state {blob_type} NOT NULL, taken_at TEXT NOT NULL)",
+        # bank_uuid is the deployment's history id for operator keys (bank_id "").
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_api_keys ("
+        " key_id TEXT PRIMARY KEY, bank_uuid TEXT NOT NULL, bank_id TEXT NOT NULL,"
+        " role TEXT NOT NULL, secret_hash TEXT NOT NULL, label TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, expires_at TEXT, created_by TEXT NOT NULL,"
+        " revoked_at TEXT, revoked_by TEXT NOT NULL, revoke_reason TEXT NOT NULL,"
+        # Where the key was issued in its bank's (or the deployment's) history.
+        " position BIGINT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS ledger_api_keys_by_bank"
+        f" ON {p}ledger_api_keys (bank_uuid, position)",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_member_token_keys ("
+        " bank_uuid TEXT NOT NULL, kid TEXT NOT NULL, algorithm TEXT NOT NULL,"
+        " public_key_pem TEXT NOT NULL, registered_at TEXT NOT NULL, position BIGINT NOT NULL,"
+        " PRIMARY KEY (bank_uuid, kid))",
     ]

@@ -24,6 +24,7 @@ from eventsourcing.utils import Environment
 from ledger.domain import chain
 from ledger.domain.history import StoredEvent
 from ledger.domain.records import RequestRecord, TransferRecord
+from ledger.domain.state import MemberTokenKey
 from ledger.domain.views import AccountView, BankView, TransferView
 from ledger.storage import rows
 from ledger.storage.index import IndexWrite
@@ -210,6 +211,50 @@ class LedgerStore:
             (bank_uuid, account_id, before, limit),
         )
         return [(row["number"], rows.transfer_of(row).view()) for row in found]
+
+    # ----------------------------------------------------------------- access
+
+    def api_key(self, key_id: str) -> rows.StoredApiKey | None:
+        found = self._query(
+            f"SELECT * FROM {self.dialect.table('ledger_api_keys')} WHERE key_id = ?", (key_id,)
+        )
+        return rows.api_key_of(found[0]) if found else None
+
+    def api_keys_page(
+        self, bank_uuid: str, after_position: int, limit: int
+    ) -> list[rows.StoredApiKey]:
+        """A bank's (or the deployment's) keys in the order they were issued."""
+        found = self._query(
+            f"SELECT * FROM {self.dialect.table('ledger_api_keys')}"
+            " WHERE bank_uuid = ? AND position > ? ORDER BY position LIMIT ?",
+            (bank_uuid, after_position, limit),
+        )
+        return [rows.api_key_of(row) for row in found]
+
+    def member_token_keys(self, bank_uuid: str) -> list[MemberTokenKey]:
+        found = self._query(
+            f"SELECT * FROM {self.dialect.table('ledger_member_token_keys')}"
+            " WHERE bank_uuid = ? ORDER BY position",
+            (bank_uuid,),
+        )
+        return [rows.member_token_key_of(row) for row in found]
+
+    def banks_created_by(self, actor: str) -> int:
+        found = self._query(
+            f"SELECT COUNT(*) AS banks FROM {self.dialect.table('ledger_banks')}"
+            " WHERE created_by = ?",
+            (actor,),
+        )
+        return int(found[0]["banks"])
+
+    def head(self, bank_uuid: str) -> tuple[int, str]:
+        """(version, chain hash) of a history's latest event, from the chain table."""
+        found = self._query(
+            f"SELECT version, chain_hash FROM {self.dialect.table('ledger_chain')}"
+            " WHERE bank_uuid = ? ORDER BY version DESC LIMIT 1",
+            (bank_uuid,),
+        )
+        return (int(found[0]["version"]), str(found[0]["chain_hash"])) if found else (0, "")
 
     def due_banks(self, now: datetime, limit: int) -> list[str]:
         """Ids of banks holding a pending transfer whose deadline is at or before `now`."""

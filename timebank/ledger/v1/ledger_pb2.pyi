@@ -173,6 +173,7 @@ class Bank(_message.Message):
     CHAIN_HEAD_FIELD_NUMBER: _builtins.int
     ACCOUNT_COUNT_FIELD_NUMBER: _builtins.int
     TRANSFER_COUNT_FIELD_NUMBER: _builtins.int
+    MEMBER_TOKENS_REQUIRED_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The client-chosen id of the bank."""
     name: _builtins.str
@@ -185,6 +186,10 @@ class Bank(_message.Message):
     """Number of accounts ever opened in the bank."""
     transfer_count: _builtins.int
     """Number of transfers ever recorded in the bank (reversals included)."""
+    member_tokens_required: _builtins.bool
+    """The bank's consent policy (AccessService.SetBankPolicy): whether debits of a member's
+    account through a front-end key need that member's token.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the bank was created."""
@@ -199,10 +204,11 @@ class Bank(_message.Message):
         chain_head: _builtins.str = ...,
         account_count: _builtins.int = ...,
         transfer_count: _builtins.int = ...,
+        member_tokens_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_count", b"account_count", "bank_id", b"bank_id", "chain_head", b"chain_head", "created_at", b"created_at", "name", b"name", "position", b"position", "transfer_count", b"transfer_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_count", b"account_count", "bank_id", b"bank_id", "chain_head", b"chain_head", "created_at", b"created_at", "member_tokens_required", b"member_tokens_required", "name", b"name", "position", b"position", "transfer_count", b"transfer_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,6 +314,7 @@ class Transfer(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CREATED_POSITION_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """The client-chosen id of the transfer, unique within its bank."""
     kind: Global___TransferKind.ValueType
@@ -337,11 +344,15 @@ class Transfer(_message.Message):
     reason: _builtins.str
     """Why it was reversed or voided, at most 500 characters."""
     actor: _builtins.str
-    """Who recorded it, at most 128 characters."""
+    """Who recorded it: the authenticated caller, `key:<key id>`, followed by
+    `/member:<account id>` when a member token was given.
+    """
     created_position: _builtins.int
     """Position of the event that created the transfer in the bank's history."""
     position: _builtins.int
     """Position of the transfer's latest change."""
+    actor_label: _builtins.str
+    """The label the client gave for who recorded it (see `actor`)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the transfer was recorded."""
@@ -376,10 +387,11 @@ class Transfer(_message.Message):
         actor: _builtins.str = ...,
         created_position: _builtins.int = ...,
         position: _builtins.int = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "amount_minutes", b"amount_minutes", "category", b"category", "created_at", b"created_at", "created_position", b"created_position", "deadline", b"deadline", "kind", b"kind", "memo", b"memo", "payee_account_id", b"payee_account_id", "payer_account_id", b"payer_account_id", "position", b"position", "posted_amount_minutes", b"posted_amount_minutes", "reason", b"reason", "resolved_at", b"resolved_at", "reversed_by_transfer_id", b"reversed_by_transfer_id", "reverses_transfer_id", b"reverses_transfer_id", "service_date", b"service_date", "status", b"status", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_label", b"actor_label", "amount_minutes", b"amount_minutes", "category", b"category", "created_at", b"created_at", "created_position", b"created_position", "deadline", b"deadline", "kind", b"kind", "memo", b"memo", "payee_account_id", b"payee_account_id", "payer_account_id", b"payer_account_id", "position", b"position", "posted_amount_minutes", b"posted_amount_minutes", "reason", b"reason", "resolved_at", b"resolved_at", "reversed_by_transfer_id", b"reversed_by_transfer_id", "reverses_transfer_id", b"reverses_transfer_id", "service_date", b"service_date", "status", b"status", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,23 +506,25 @@ class CreateBankRequest(_message.Message):
 
     BANK_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The client-chosen id of the new bank; the idempotency key."""
     name: _builtins.str
     """Display name, 1 to 200 characters."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
         bank_id: _builtins.str = ...,
         name: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "bank_id", b"bank_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_label", b"actor_label", "bank_id", b"bank_id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -606,7 +620,7 @@ class OpenAccountRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     LOWER_LIMIT_MINUTES_FIELD_NUMBER: _builtins.int
     UPPER_LIMIT_MINUTES_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank to open the account in."""
     account_id: _builtins.str
@@ -617,8 +631,10 @@ class OpenAccountRequest(_message.Message):
     """How far into debt it may go: between -1,000,000,000,000 and 0 minutes (default 0)."""
     upper_limit_minutes: _builtins.int
     """The most it may hold, between 0 and 1,000,000,000,000 minutes; unset: no cap."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -627,11 +643,11 @@ class OpenAccountRequest(_message.Message):
         kind: Global___AccountKind.ValueType = ...,
         lower_limit_minutes: _builtins.int = ...,
         upper_limit_minutes: _builtins.int | None = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "actor", b"actor", "bank_id", b"bank_id", "kind", b"kind", "lower_limit_minutes", b"lower_limit_minutes", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "kind", b"kind", "lower_limit_minutes", b"lower_limit_minutes", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__upper_limit_minutes: _TypeAlias = _typing.Literal["upper_limit_minutes"]  # noqa: Y015
     _WhichOneofArgType__upper_limit_minutes: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes"]  # noqa: Y015
@@ -787,7 +803,7 @@ class ChangeAccountLimitsRequest(_message.Message):
     LOWER_LIMIT_MINUTES_FIELD_NUMBER: _builtins.int
     UPPER_LIMIT_MINUTES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the account is in."""
     request_id: _builtins.str
@@ -800,8 +816,10 @@ class ChangeAccountLimitsRequest(_message.Message):
     """The new upper limit, between 0 and 1,000,000,000,000 minutes; unset: no cap."""
     reason: _builtins.str
     """Why, at most 500 characters."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -811,11 +829,11 @@ class ChangeAccountLimitsRequest(_message.Message):
         lower_limit_minutes: _builtins.int = ...,
         upper_limit_minutes: _builtins.int | None = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "actor", b"actor", "bank_id", b"bank_id", "lower_limit_minutes", b"lower_limit_minutes", "reason", b"reason", "request_id", b"request_id", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "lower_limit_minutes", b"lower_limit_minutes", "reason", b"reason", "request_id", b"request_id", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__upper_limit_minutes: _TypeAlias = _typing.Literal["upper_limit_minutes"]  # noqa: Y015
     _WhichOneofArgType__upper_limit_minutes: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes"]  # noqa: Y015
@@ -861,7 +879,7 @@ class FreezeAccountRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the account is in."""
     request_id: _builtins.str
@@ -870,8 +888,10 @@ class FreezeAccountRequest(_message.Message):
     """The account to freeze."""
     reason: _builtins.str
     """Why, at most 500 characters."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -879,11 +899,11 @@ class FreezeAccountRequest(_message.Message):
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -927,7 +947,7 @@ class UnfreezeAccountRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the account is in."""
     request_id: _builtins.str
@@ -936,8 +956,10 @@ class UnfreezeAccountRequest(_message.Message):
     """The account to unfreeze."""
     reason: _builtins.str
     """Why, at most 500 characters."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -945,11 +967,11 @@ class UnfreezeAccountRequest(_message.Message):
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -993,7 +1015,7 @@ class CloseAccountRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the account is in."""
     request_id: _builtins.str
@@ -1002,8 +1024,10 @@ class CloseAccountRequest(_message.Message):
     """The account to close."""
     reason: _builtins.str
     """Why, at most 500 characters."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -1011,11 +1035,11 @@ class CloseAccountRequest(_message.Message):
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1070,7 +1094,7 @@ class CreateTransferRequest(_message.Message):
     SERVICE_DATE_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank both accounts are in."""
     transfer_id: _builtins.str
@@ -1093,8 +1117,10 @@ class CreateTransferRequest(_message.Message):
     """Pending only: seconds until the hold expires, 0 to 31,622,400 (366 days);
     0 holds it until posted or voided. Must be 0 when `pending` is false.
     """
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -1108,11 +1134,11 @@ class CreateTransferRequest(_message.Message):
         service_date: _builtins.str = ...,
         pending: _builtins.bool = ...,
         timeout_seconds: _builtins.int = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "amount_minutes", b"amount_minutes", "bank_id", b"bank_id", "category", b"category", "memo", b"memo", "payee_account_id", b"payee_account_id", "payer_account_id", b"payer_account_id", "pending", b"pending", "service_date", b"service_date", "timeout_seconds", b"timeout_seconds", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_label", b"actor_label", "amount_minutes", b"amount_minutes", "bank_id", b"bank_id", "category", b"category", "memo", b"memo", "payee_account_id", b"payee_account_id", "payer_account_id", b"payer_account_id", "pending", b"pending", "service_date", b"service_date", "timeout_seconds", b"timeout_seconds", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1161,7 +1187,7 @@ class NewTransfer(_message.Message):
     SERVICE_DATE_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """The client-chosen id of the new transfer; the idempotency key."""
     payer_account_id: _builtins.str
@@ -1182,8 +1208,10 @@ class NewTransfer(_message.Message):
     """Pending only: seconds until the hold expires, 0 to 31,622,400 (366 days);
     0 holds it until posted or voided.
     """
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -1196,11 +1224,11 @@ class NewTransfer(_message.Message):
         service_date: _builtins.str = ...,
         pending: _builtins.bool = ...,
         timeout_seconds: _builtins.int = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "amount_minutes", b"amount_minutes", "category", b"category", "memo", b"memo", "payee_account_id", b"payee_account_id", "payer_account_id", b"payer_account_id", "pending", b"pending", "service_date", b"service_date", "timeout_seconds", b"timeout_seconds", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_label", b"actor_label", "amount_minutes", b"amount_minutes", "category", b"category", "memo", b"memo", "payee_account_id", b"payee_account_id", "payer_account_id", b"payer_account_id", "pending", b"pending", "service_date", b"service_date", "timeout_seconds", b"timeout_seconds", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1276,7 +1304,7 @@ class PostPendingTransferRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_MINUTES_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the transfer is in."""
     request_id: _builtins.str
@@ -1285,8 +1313,10 @@ class PostPendingTransferRequest(_message.Message):
     """The pending transfer to post."""
     amount_minutes: _builtins.int
     """Minutes to post, 1 to the pending amount; unset posts the full amount."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -1294,11 +1324,11 @@ class PostPendingTransferRequest(_message.Message):
         request_id: _builtins.str = ...,
         transfer_id: _builtins.str = ...,
         amount_minutes: _builtins.int | None = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_minutes", b"_amount_minutes", "amount_minutes", b"amount_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_minutes", b"_amount_minutes", "actor", b"actor", "amount_minutes", b"amount_minutes", "bank_id", b"bank_id", "request_id", b"request_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_minutes", b"_amount_minutes", "actor_label", b"actor_label", "amount_minutes", b"amount_minutes", "bank_id", b"bank_id", "request_id", b"request_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__amount_minutes: _TypeAlias = _typing.Literal["amount_minutes"]  # noqa: Y015
     _WhichOneofArgType__amount_minutes: _TypeAlias = _typing.Literal["_amount_minutes", b"_amount_minutes"]  # noqa: Y015
@@ -1344,7 +1374,7 @@ class VoidPendingTransferRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the transfer is in."""
     request_id: _builtins.str
@@ -1353,8 +1383,10 @@ class VoidPendingTransferRequest(_message.Message):
     """The pending transfer to void."""
     reason: _builtins.str
     """Why, at most 500 characters."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -1362,11 +1394,11 @@ class VoidPendingTransferRequest(_message.Message):
         request_id: _builtins.str = ...,
         transfer_id: _builtins.str = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_label", b"actor_label", "bank_id", b"bank_id", "reason", b"reason", "request_id", b"request_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1410,7 +1442,7 @@ class ReverseTransferRequest(_message.Message):
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     REVERSES_TRANSFER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the transfer is in."""
     transfer_id: _builtins.str
@@ -1419,8 +1451,10 @@ class ReverseTransferRequest(_message.Message):
     """The posted transfer to undo."""
     reason: _builtins.str
     """Why, 1 to 500 characters; required."""
-    actor: _builtins.str
-    """Who acted, at most 128 characters."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
     def __init__(
         self,
         *,
@@ -1428,11 +1462,11 @@ class ReverseTransferRequest(_message.Message):
         transfer_id: _builtins.str = ...,
         reverses_transfer_id: _builtins.str = ...,
         reason: _builtins.str = ...,
-        actor: _builtins.str = ...,
+        actor_label: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "bank_id", b"bank_id", "reason", b"reason", "reverses_transfer_id", b"reverses_transfer_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_label", b"actor_label", "bank_id", b"bank_id", "reason", b"reason", "reverses_transfer_id", b"reverses_transfer_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,124 @@
+"""The policy table: every RPC has a rule (deny by default) and roles may what the spec says."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from ledger.security import policy
+from ledger.security.policy import Rule, Scope, methods_without_rule, rule_for, rules
+from ledger.security.roles import Role
+from ledger.service import discovery
+
+ledger = "/timebank.ledger.v1.LedgerService/"
+views = "/timebank.ledger.v1.LedgerViewService/"
+access = "/timebank.ledger.v1.AccessService/"
+
+reads = {
+    f"{ledger}GetBank",
+    f"{ledger}GetAccount",
+    f"{ledger}ListAccounts",
+    f"{ledger}GetTransfer",
+    f"{ledger}ListAccountTransfers",
+    f"{views}GetAccountSummary",
+    f"{views}ListStatementEntries",
+    f"{views}GetBankReport",
+}
+front_end_writes = {
+    f"{ledger}OpenAccount",
+    f"{ledger}CreateTransfer",
+    f"{ledger}CreateTransfers",
+    f"{ledger}PostPendingTransfer",
+    f"{ledger}VoidPendingTransfer",
+}
+admin_only = {
+    f"{ledger}ChangeAccountLimits",
+    f"{ledger}FreezeAccount",
+    f"{ledger}UnfreezeAccount",
+    f"{ledger}CloseAccount",
+    f"{ledger}ReverseTransfer",
+    f"{access}RegisterMemberTokenKey",
+    f"{access}RemoveMemberTokenKey",
+    f"{access}SetBankPolicy",
+}
+# Managing a bank's API keys: its admins, and the operator (for bank-admin keys).
+key_management = {f"{access}IssueApiKey", f"{access}RevokeApiKey", f"{access}ListApiKeys"}
+# Reads of the bank's access set-up: its admins and auditors.
+access_reads = {f"{access}ListMemberTokenKeys"}
+
+
+def test_every_method_of_every_generated_service_has_a_rule() -> None:
+    methods = policy.service_methods()
+    # The generated code is found, both services and all their methods.
+    assert f"{ledger}CreateBank" in methods
+    assert f"{views}GetBankReport" in methods
+    assert f"{access}IssueApiKey" in methods
+    assert len(methods) == 26
+    assert methods_without_rule() == []
+
+
+def test_a_method_missing_from_the_table_is_reported() -> None:
+    # The check above would fail: drop one entry and it is named.
+    table = {name: rule for name, rule in rules.items() if name != f"{ledger}ReverseTransfer"}
+    assert methods_without_rule(table=MappingProxyType(table)) == [f"{ledger}ReverseTransfer"]
+    assert rule_for(f"{ledger}ReverseTransfer", table) is None
+    # A service added later (say an AuditService) without rules is reported too.
+    added = [*policy.service_methods(), "/timebank.ledger.v1.AuditService/StreamEvents"]
+    assert methods_without_rule(added) == ["/timebank.ledger.v1.AuditService/StreamEvents"]
+
+
+def test_unknown_methods_have_no_rule() -> None:
+    for method in ("/timebank.ledger.v1.LedgerService/DropBank", "", "/x/y", ledger):
+        assert rule_for(method) is None
+
+
+def test_health_and_both_reflection_versions_are_public() -> None:
+    public = {name for name, rule in rules.items() if rule.scope is Scope.PUBLIC}
+    assert public == {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+    # These are the methods discovery serves, by its own descriptors.
+    health = discovery.health_service_name
+    v1 = discovery.reflection_v1_file().services_by_name["ServerReflection"]
+    assert f"/{health}/List" in public
+    assert f"/{v1.full_name}/{v1.methods[0].name}" in public
+
+
+def test_the_operator_creates_banks_and_reads_no_bank_data() -> None:
+    operator_methods = {name for name, rule in rules.items() if Role.OPERATOR in rule.roles}
+    # Banks, and the keys of banks: none of these reads or writes a bank's data.
+    assert operator_methods == {f"{ledger}CreateBank"} | key_management
+    create_bank = rule_for(f"{ledger}CreateBank")
+    assert create_bank == Rule(frozenset({Role.OPERATOR}), Scope.DEPLOYMENT)
+
+
+def test_each_role_may_do_what_the_spec_says_on_its_own_bank() -> None:
+    def allowed(role: Role) -> set[str]:
+        return {
+            name for name, rule in rules.items() if role in rule.roles and rule.scope is Scope.BANK
+        }
+
+    assert allowed(Role.BANK_ADMIN) == (
+        reads | front_end_writes | admin_only | key_management | access_reads
+    )
+    assert allowed(Role.MEMBER_APP) == reads | front_end_writes
+    assert allowed(Role.AUDITOR) == reads | access_reads
+    assert allowed(Role.FEDERATION_PEER) == set()
+
+
+def test_bank_scoped_methods_take_one_request_with_a_bank_id_string() -> None:
+    # The interceptor reads the scope from the request's bank_id: it must be there, a
+    # string, in a request that is one message (not a stream).
+    for name, method in policy.service_method_descriptors().items():
+        rule = rule_for(name)
+        assert rule is not None
+        assert not method.client_streaming, name
+        if rule.scope is Scope.BANK:
+            field = method.input_type.fields_by_name.get(policy.bank_id_field)
+            assert field is not None, name
+            assert field.type == FieldDescriptor.TYPE_STRING, name
