@@ -50,10 +50,15 @@ class Settings:
     # sqlite:///relative/path, sqlite:////absolute/path, postgresql://user:pw@host:port/db?schema=s,
     # or memory:// (an in-memory SQLite database, nothing kept; for tests).
     database_url: str = DEFAULT_DATABASE_URL
+    # HOST:PORT the gRPC server listens on (port 0: any free port).
     grpc_address: str = "127.0.0.1:50051"
+    # Threads serving gRPC calls.
     grpc_workers: int = 32
+    # The largest request body accepted (MESSAGE_TOO_LARGE beyond), and response sent.
     grpc_max_message_bytes: int = 4 * 1024 * 1024
+    # On SIGTERM, how long calls in flight may take to finish.
     shutdown_grace_seconds: float = 10.0
+    # DEBUG, INFO, WARNING or ERROR; logs are JSON lines on standard error.
     log_level: str = "INFO"
     # Threads that run the banks' writers (no bank has a thread of its own).
     writer_threads: int = 4

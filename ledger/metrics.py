@@ -4,6 +4,13 @@
     ledger_rpc_duration_seconds{method}          histogram: time spent in a call
     ledger_projection_position{projection}       gauge: log position (notification id) applied
     ledger_projection_lag_events{projection}     gauge: events in the log not yet applied
+    ledger_writer_resident_banks                 gauge: banks whose writer is in memory
+    ledger_writer_batch_commands                 histogram: commands per committed batch
+    ledger_commit_duration_seconds               histogram: time to commit one batch
+    ledger_writer_conflicts_total                counter: commits that lost a race
+    ledger_snapshots_total                       counter: decision-state snapshots taken
+    ledger_reads_waiting                         gauge: reads waiting now for a view to reach
+                                                 their min_position (at most reads_waiting_max)
 
 Labels are bounded sets (RPC names, status codes, projection names): never an account,
 bank or transfer id. The metrics live in the default registry, as Prometheus clients
@@ -38,6 +45,33 @@ projection_lag = Gauge(
     "ledger_projection_lag_events",
     "Events in the log that a projection has not applied yet.",
     ["projection"],
+)
+reads_waiting = Gauge(
+    "ledger_reads_waiting",
+    "Reads waiting at this moment for a view to reach the min_position they asked for.",
+)
+
+
+writer_resident_banks = Gauge(
+    "ledger_writer_resident_banks", "Banks whose writer and decision state are in memory."
+)
+writer_batch_commands = Histogram(
+    "ledger_writer_batch_commands",
+    "Commands a bank's writer applied and committed together.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+commit_duration = Histogram(
+    "ledger_commit_duration_seconds",
+    "Time to commit one batch's events and index rows.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+writer_conflicts = Counter(
+    "ledger_writer_conflicts",  # exported as ledger_writer_conflicts_total
+    "Commits that lost a race to another writer of the same bank (then caught up).",
+)
+snapshots_taken = Counter(
+    "ledger_snapshots",  # exported as ledger_snapshots_total
+    "Snapshots of banks' decision state taken.",
 )
 
 

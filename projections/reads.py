@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 from uuid import UUID
 
+from ledger import metrics
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import check_id
 from ledger.domain.errors import (
@@ -193,9 +194,11 @@ class ViewReads:
                 " retry shortly",
                 metadata={"reads_waiting_max": str(waiting.slots_max)},
             )
+        metrics.reads_waiting.inc()
         try:
             return runner.wait_for(bank, min_position, wait_seconds)
         finally:
+            metrics.reads_waiting.dec()
             if waiting is not None:
                 waiting.release()
 

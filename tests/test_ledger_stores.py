@@ -25,9 +25,9 @@ from ledger.application.ledger import Ledger
 from ledger.domain import history, limits
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import (
-    Command,
     ChangeLimits,
     ChangeStatus,
+    Command,
     CreateBank,
     CreateTransfer,
     CreateTransfers,

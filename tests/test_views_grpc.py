@@ -29,7 +29,6 @@ from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from ledger import cli, metrics
-from ledger.application.ledger import Ledger
 from ledger.config import ConfigError, Settings
 from ledger.service.server import view_service_name
 from projections import queries

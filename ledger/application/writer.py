@@ -29,6 +29,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
+from ledger import metrics
 from ledger.application import loading
 from ledger.config import Settings
 from ledger.domain import bank, canonical, history, holds
@@ -229,6 +230,8 @@ class BankWriter:
                 "STORE_UNAVAILABLE", "the index cannot be read; retry later"
             ) from None
         batch = Batch(state, now, records)
+        if jobs:
+            metrics.writer_batch_commands.observe(len(jobs))
         try:
             results = self._apply(batch, jobs, now)
             self._commit(batch, state)
@@ -257,9 +260,11 @@ class BankWriter:
             return
         stored = history.encode(batch, state.chain_head)
         write = index_write(batch, stored)
+        started = time.monotonic()
         try:
             self._store.append(self.bank_uuid, stored, write)
         except IntegrityError:
+            metrics.writer_conflicts.inc()
             raise _Conflict from None
         except Exception:
             # The commit may or may not have happened: find out before the next decision.
@@ -268,6 +273,7 @@ class BankWriter:
             raise Unavailable(
                 "COMMIT_FAILED", "the ledger could not commit this write; retry with the same id"
             ) from None
+        metrics.commit_duration.observe(time.monotonic() - started)
         batch.commit(stored[-1].chain_hash)
 
     def _maybe_snapshot(self, state: BankState) -> None:
@@ -282,6 +288,7 @@ class BankWriter:
                 state.bank_uuid, state.version, state.chain_head, data, self._clock()
             )
             state.changes_since_snapshot = 0
+            metrics.snapshots_taken.inc()
         except Exception:
             # Only loading gets slower without it; the history is untouched.
             log.exception("snapshot_failed bank_id=%s", self.bank_id)

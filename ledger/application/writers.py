@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 
+from ledger import metrics
 from ledger.application.writer import BankWriter, Clock, Job, Result, stopped_error
 from ledger.config import Settings
 from ledger.domain.commands import Command
@@ -106,6 +107,7 @@ class Writers:
         self._evict_locked(self._settings.resident_banks_max - 1)
         writer = BankWriter(bank_id, self._store, self._settings, self._clock, self._ready.put)
         self._resident[bank_id] = writer
+        metrics.writer_resident_banks.set(len(self._resident))
         return writer
 
     def _evict_locked(self, keep_max: int, idle_before: float | None = None) -> None:
@@ -122,6 +124,7 @@ class Writers:
             if writer.idle:
                 writer.close()
                 del self._resident[bank_id]
+                metrics.writer_resident_banks.set(len(self._resident))
 
     # ----------------------------------------------------------------- threads
 

@@ -29,7 +29,6 @@ from ledger.domain.idempotency import earlier_request
 from ledger.domain.records import ApiKeyRecord, ApiKeyRevocation, RequestRecord
 from ledger.domain.state import ApiKeyState, MemberTokenKey
 
-
 # The deployment's own history (operator keys), beside the banks' in the same log.
 deployment_uuid = str(uuid5(NAMESPACE_URL, "timebank-ledger:deployment"))
 
