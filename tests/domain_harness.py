@@ -43,9 +43,13 @@ class MemoryBank:
 
     # ----------------------------------------------------------------- running commands
 
+    def record_book(self) -> RecordBook:
+        """A batch's window on this bank's records, as a writer makes one."""
+        return RecordBook(self._load_transfers, self._load_requests)
+
     def run(self, commands: Sequence[Command], now: datetime) -> list[Any]:
         """Run commands as one writer batch; each result is its view or its DomainError."""
-        records = RecordBook(self._load_transfers, self._load_requests)
+        records = self.record_book()
         records.prefetch(*bank.referenced_ids(commands))
         batch = Batch(self.state, now, records)
         holds.expire_due(batch, now)

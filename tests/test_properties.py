@@ -412,7 +412,7 @@ def changed_content(command: Command, data: st.DataObject) -> tuple[Command, str
         return other, "EXISTS_WITH_DIFFERENT_KIND"
     names = [
         f.name
-        for f in dataclasses.fields(command)
+        for f in dataclasses.fields(cast(Any, command))
         # Not content (who called), the id itself, or fields whose change would make the
         # command invalid before its id is even looked up.
         if f.name
