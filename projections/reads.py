@@ -30,8 +30,8 @@ from ledger.security.quotas import Slots
 from projections import queries, report_queries
 from projections.queries import AccountSummary, StatementEntry
 from projections.registry import ProjectionSet
-from projections.runner import ProjectionRunner
 from projections.report_queries import BankTotals, CategoryRow, MonthRow
+from projections.runner import ProjectionRunner
 
 T = TypeVar("T")
 

@@ -135,6 +135,30 @@ class Ledger:
             metadata={"account_id": account_id},
         )
 
+    def check_transfer_reader(
+        self,
+        bank_id: str,
+        view: TransferView,
+        *,
+        via_front_end: bool,
+        member_subject: str | None,
+    ) -> None:
+        """With the consent policy on, a front-end reads a transfer that touches a member's
+        account only with the token of one of its two parties."""
+        parties = (view.payer_account_id, view.payee_account_id)
+        if not via_front_end or member_subject in parties:
+            return
+        if not self.get_bank(bank_id).member_tokens_required:
+            return
+        if all(self.get_account(bank_id, party).kind != "member" for party in parties):
+            return
+        raise ConsentRequired(
+            "MEMBER_TOKEN_REQUIRED",
+            f"reading transfer {view.transfer_id!r} needs the token of a member it is between",
+            field="x-member-token",
+            metadata={"transfer_id": view.transfer_id},
+        )
+
     # ----------------------------------------------------------------- access
 
     def issue_operator_key(self, command: IssueApiKey) -> int:

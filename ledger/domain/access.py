@@ -53,8 +53,10 @@ class BankPolicy:
 
 def issue_api_key(batch: Batch, command: IssueApiKey) -> KeyIssued:
     # A bank's keys have a bank's roles; operator keys live in the deployment's history,
-    # which has no BankCreated event.
-    if (command.role == "operator") == batch.exists:
+    # which has no BankCreated event. (Not `batch.exists`: that only says the history has
+    # an event, and the deployment's first operator key is one.)
+    is_bank = batch.created_at is not None
+    if (command.role == "operator") == is_bank:
         raise InvalidInput(
             "ROLE_OUT_OF_SCOPE",
             "operator keys belong to the deployment, every other role to one bank",

@@ -85,7 +85,7 @@ def check_scope(role: Role, bank_id: str) -> None:
     if role is Role.OPERATOR and bank_id != deployment_scope:
         raise ValueError("an operator key has the deployment's scope, not a bank's")
     if role is not Role.OPERATOR and bank_id == deployment_scope:
-        raise ValueError(f"a {role.value} key is scoped to one bank; bank_id is empty")
+        raise ValueError(f"{role.with_article} key is scoped to one bank; bank_id is empty")
 
 
 def issue_key(

@@ -144,8 +144,16 @@ class Gate:
             held.release()
             self._log_refusal(method, error, record)
             raise
-        except DomainError:
+        except DomainError as error:  # a bank_id that is not an id
             held.release()
+            logs.event(
+                log,
+                "call_refused",
+                method=method,
+                code="INVALID_ARGUMENT",
+                reason=error.reason,
+                key_id=record.key_id if record else None,
+            )
             raise
         caller = Caller(record.key_id, record.role, record.bank_id, subject)
         return Admission(caller, held)
@@ -225,7 +233,7 @@ def _check_role(rule: Rule, record: KeyRecord) -> None:
     if record.role not in rule.roles:
         raise PermissionDenied(
             Reason.ROLE_NOT_ALLOWED,
-            f"a {record.role.value} key may not make this call",
+            f"{record.role.with_article} key may not make this call",
             metadata={"role": record.role.value},
         )
 

@@ -16,3 +16,8 @@ class Role(StrEnum):
     AUDITOR = "auditor"
     # One federation link; reserved, refused everywhere for now.
     FEDERATION_PEER = "federation-peer"
+
+    @property
+    def with_article(self) -> str:
+        """The role as a message names it: 'an operator', 'a bank-admin', 'an auditor'."""
+        return f"{'an' if self.value[0] in 'aeiou' else 'a'} {self.value}"

@@ -71,7 +71,9 @@ class AccessServicer(pb_grpc.AccessServiceServicer):
         role = _role_from_proto(request.role)
         _check_hands_out(role)
         by = convert.acting()
-        expires_at = request.expires_at.ToDatetime(UTC) if request.HasField("expires_at") else None
+        expires_at = _expires_at(request)
+        # Checked here so the error names the field; issue_key() only refuses a past expiry.
+        commands.check_text("label", request.label, api_keys.key_label_length_max)
         try:
             issued = api_keys.issue_key(
                 role,
@@ -229,12 +231,25 @@ def _role_from_proto(number: int) -> Role:
     raise InvalidInput("INVALID_ROLE", f"role {number} is not a known value", field="role")
 
 
+def _expires_at(request: pb.IssueApiKeyRequest) -> datetime | None:
+    if not request.HasField("expires_at"):
+        return None
+    try:
+        return request.expires_at.ToDatetime(UTC)
+    except ValueError:  # seconds or nanos out of the Timestamp's range
+        raise InvalidInput(
+            "INVALID_TIMESTAMP",
+            "expires_at is not a valid timestamp (years 1 to 9999, nanos below 10^9)",
+            field="expires_at",
+        ) from None
+
+
 def _check_hands_out(role: Role) -> None:
     caller = current_caller()
     if role not in _hands_out.get(caller.role, frozenset()):
         raise Forbidden(
             "ROLE_NOT_ALLOWED",
-            f"a {caller.role.value} key may not issue or revoke {role.value} keys",
+            f"{caller.role.with_article} key may not issue or revoke {role.value} keys",
             field="role",
             metadata={"role": role.value},
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -101,6 +102,10 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def __init__(self, ledger: Ledger, banks_per_operator_key_max: int) -> None:
         self._ledger = ledger
         self._banks_per_key_max = banks_per_operator_key_max
+        # Counting a key's banks and creating one more is one step: without it, concurrent
+        # CreateBank calls of one key all see the count below the cap and all create a bank.
+        # Banks are created rarely, so one lock for every key costs nothing.
+        self._creating_bank = threading.Lock()
 
     # Banks
 
@@ -109,8 +114,9 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         self, request: pb.CreateBankRequest, context: grpc.ServicerContext
     ) -> pb.CreateBankResponse:
         command = convert.create_bank(request, convert.acting())
-        self._check_banks_quota(command)
-        view = self._ledger.create_bank(command)
+        with self._creating_bank:
+            self._check_banks_quota(command)
+            view = self._ledger.create_bank(command)
         return pb.CreateBankResponse(bank=convert.bank(view), position=view.position)
 
     @rpc
@@ -133,6 +139,13 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def GetAccount(
         self, request: pb.GetAccountRequest, context: grpc.ServicerContext
     ) -> pb.GetAccountResponse:
+        by = convert.acting()
+        self._ledger.check_statement_reader(
+            request.bank_id,
+            request.account_id,
+            via_front_end=by.via_front_end,
+            member_subject=by.member_subject,
+        )
         view = self._ledger.get_account(request.bank_id, request.account_id)
         return pb.GetAccountResponse(account=convert.account(view))
 
@@ -234,6 +247,10 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         self, request: pb.GetTransferRequest, context: grpc.ServicerContext
     ) -> pb.GetTransferResponse:
         view = self._ledger.get_transfer(request.bank_id, request.transfer_id)
+        by = convert.acting()
+        self._ledger.check_transfer_reader(
+            request.bank_id, view, via_front_end=by.via_front_end, member_subject=by.member_subject
+        )
         return pb.GetTransferResponse(transfer=convert.transfer(view))
 
     @rpc
