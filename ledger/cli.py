@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help="a projection to run (repeat for several; default: all)",
     )
+    project_parser.add_argument(
+        "--exit-with-parent",
+        type=int,
+        metavar="PID",
+        help=argparse.SUPPRESS,  # `serve` starts its child so: no orphan outlives a kill -9
+    )
     replay_parser = commands.add_parser(
         "replay", help="drop one projection's view and rebuild it from the first event"
     )
@@ -72,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "project":
             logs.configure(settings.log_level)
-            return project(settings, args.projections or [], _stop_on_signal())
+            stopping = _stop_on_signal()
+            if args.exit_with_parent:
+                _stop_with_parent(args.exit_with_parent, stopping)
+            return project(settings, args.projections or [], stopping)
         if args.command == "replay":
             return replay(settings, args.projection)
         if args.command == "verify":
@@ -204,6 +214,22 @@ def _check_durable(settings: Settings) -> None:
             "memory:// keeps the events inside the serving process; set LEDGER_DATABASE_URL"
             " to the sqlite or postgresql database the server writes"
         )
+
+
+# How often a child checks that the process that started it is still there.
+parent_check_interval_seconds = 1.0
+
+
+def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:
+    """Sets `stopping` once the parent is gone (the child is then another's child)."""
+
+    def watch() -> None:
+        while not stopping.wait(parent_check_interval_seconds):
+            if os.getppid() != parent_pid:
+                logs.event(log, "parent_gone", level=logging.WARNING, parent_pid=parent_pid)
+                stopping.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _stop_on_signal() -> threading.Event:

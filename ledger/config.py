@@ -12,9 +12,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///timebank-ledger.sqlite3"
 
-# Where projections run: "in-process" follows the log in background threads of `serve`;
-# "off" serves the views but leaves following the log to `timebank-ledger project`.
-PROJECTIONS_MODES = ("in-process", "off")
+# Where projections run: "process" in a child process that `serve` starts and restarts;
+# "in-process" in background threads of `serve`; "off" serves the views but leaves
+# following the log to a `timebank-ledger project` run elsewhere; "auto" is "process",
+# except on memory:// (which no other process can open), where it is "in-process".
+PROJECTIONS_MODES = ("auto", "process", "in-process", "off")
 # A read that asks for a position waits at most this long for its view to get there.
 READ_WAIT_SECONDS_MAX = 10.0
 
@@ -87,8 +89,8 @@ class Settings:
     database_lock_timeout_seconds: int = 10
     # Where the views (projections' tables) live; "" means in LEDGER_DATABASE_URL's database.
     views_database_url: str = ""
-    # "in-process" or "off" (see PROJECTIONS_MODES).
-    projections: str = "in-process"
+    # "auto", "process", "in-process" or "off" (see PROJECTIONS_MODES).
+    projections: str = "auto"
     # How long a read asking for `min_position` may wait for its view, 0 to 10 seconds.
     read_wait_seconds: float = 2.0
     # HOST:PORT of the Prometheus exporter (port 0: any free port); "" or "off": none.
@@ -178,6 +180,13 @@ class Settings:
             return None
         path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
         return str(Path(path).with_name(Path(path).stem + ".keys.json"))
+
+    @property
+    def projections_mode(self) -> str:
+        """Where projections run, "auto" resolved: process, in-process or off."""
+        if self.projections != "auto":
+            return self.projections
+        return "in-process" if self.database_url.startswith("memory:") else "process"
 
     @property
     def views_url(self) -> str:

@@ -118,7 +118,7 @@ def serving(
         ledger.issue_operator_key(operator_key_command(operator, "test"))
         if with_views:
             projections = ProjectionSet.open(settings, ledger.store)
-            if settings.projections == "in-process":
+            if settings.projections_mode != "off":
                 projections.start()
         health = HealthServicer()
         server, port = create_server(

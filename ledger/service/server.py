@@ -32,6 +32,7 @@ from ledger.service.access_servicer import AccessServicer
 from ledger.service.bootstrap import bootstrap_keys
 from ledger.service.discovery import HealthServicer, enable_discovery
 from ledger.service.identity import StoreIdentities
+from ledger.service.projection_process import ProjectionProcess
 from ledger.service.servicer import LedgerServicer
 from ledger.service.view_servicer import LedgerViewServicer
 from projections.reads import ViewReads
@@ -145,13 +146,17 @@ def serve(settings: Settings) -> None:
     ledger = Ledger(settings)
     exporter: metrics.MetricsExporter | None = None
     projections: ProjectionSet | None = None
+    child: ProjectionProcess | None = None
     try:
         keys_path = settings.keys_file_path()
         if keys_path:
             bootstrap_keys(ledger, Path(keys_path))
         projections = ProjectionSet.open(settings, ledger.store)
-        if settings.projections == "in-process":
+        if settings.projections_mode == "in-process":
             projections.start()
+        elif settings.projections_mode == "process":
+            child = ProjectionProcess(settings)
+            child.start()
         exporter = metrics.start_exporter(settings.metrics_address)
         health_servicer = HealthServicer()
         server, port = create_server(
@@ -164,7 +169,7 @@ def serve(settings: Settings) -> None:
             address=settings.grpc_address,
             port=port,
             workers=settings.grpc_workers,
-            projections=settings.projections,
+            projections=settings.projections_mode,
             metrics_port=exporter.port if exporter else None,
         )
         stopping.wait()
@@ -175,6 +180,8 @@ def serve(settings: Settings) -> None:
     finally:
         if exporter is not None:
             exporter.close()
+        if child is not None:
+            child.stop()
         if projections is not None:
             projections.close()
         ledger.close()
