@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import Clock, MakeLedger
+from prometheus_client import REGISTRY
 
 from ledger.application import loading
 from ledger.application.ledger import Ledger
@@ -25,6 +26,7 @@ from ledger.application.verification import verify_bank
 from ledger.domain import canonical
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import CreateBank, CreateTransfer, CreateTransfers, OpenAccount
+from ledger.domain.errors import IdConflict
 from ledger.domain.state import BankState
 from ledger.domain.views import TransferView
 
@@ -288,3 +290,25 @@ def test_reads_never_wait_for_a_commit(
         release.set()
     payer.join(WAIT_SECONDS)
     assert ledger.get_account(BANK, "m0").balance_minutes == -12
+
+
+def test_a_retry_of_an_id_from_long_ago_finds_its_first_write(
+    durable_store_url: str, make_ledger: MakeLedger
+) -> None:
+    # A transfer recorded by a Ledger that has since gone away.
+    first = make_ledger(durable_store_url)
+    start_bank(first)
+    original = pay(first, "long-ago", "m0", "m1", 25)
+    position = first.get_bank(BANK).position
+    # A new Ledger knows nothing of it in memory: it takes the id as new, the store refuses
+    # the commit (the id is taken), and the batch is run again with the id looked up.
+    second = make_ledger(durable_store_url)
+    conflicts = REGISTRY.get_sample_value("ledger_writer_conflicts_total") or 0.0
+    assert pay(second, "long-ago", "m0", "m1", 25) == original
+    assert REGISTRY.get_sample_value("ledger_writer_conflicts_total") == conflicts + 1
+    # Nothing was recorded twice; other content under that id is refused, naming the field.
+    assert second.get_bank(BANK).position == position
+    with pytest.raises(IdConflict) as info:
+        pay(second, "long-ago", "m0", "m1", 26)
+    assert info.value.reason == "EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES"
+    assert verify_bank(second.store, BANK).ok

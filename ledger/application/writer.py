@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -48,6 +48,9 @@ Result = Any
 Clock = Callable[[], datetime]
 # How often a batch whose commit lost a race is tried again on the caught-up state.
 conflict_retries_max = 1
+# Transfer ids a writer remembers having created, so that a quick retry of one is looked
+# up rather than taken as new (and refused by the store, then run again).
+recent_transfer_ids_max = 1024
 
 
 def stopped_error() -> Unavailable:
@@ -89,6 +92,8 @@ class BankWriter:
         self._state: BankState | None = None
         # The last commit's outcome is unknown: catch up before deciding anything.
         self._stale = False
+        # Ids of the transfers this writer created last, oldest first (bounded).
+        self._recent_ids: OrderedDict[str, None] = OrderedDict()
         self.last_active = time.monotonic()
 
     # ----------------------------------------------------------------- callers
@@ -179,7 +184,9 @@ class BankWriter:
                     _settle(job, error)
                 return
             try:
-                self._attempt(state, jobs)
+                # The first attempt is optimistic (new transfer ids are not looked up, the
+                # state is taken as current); a retry after a lost race looks everything up.
+                self._attempt(state, jobs, careful=attempt > 0)
                 return
             except DomainError as error:  # the store could not be read or written
                 for job in jobs:
@@ -202,7 +209,7 @@ class BankWriter:
                 self._state = loading.load_bank(self._store, self.bank_uuid)
                 self._stale = False
                 self._maybe_snapshot(self._state)
-            elif self._stale or self._store.position(self.bank_uuid) > self._state.version:
+            elif self._stale:
                 loading.catch_up(self._store, self._state)
                 self._stale = False
         except DomainError:
@@ -216,14 +223,28 @@ class BankWriter:
             ) from None
         return self._state
 
-    def _attempt(self, state: BankState, jobs: list[Job]) -> None:
+    def _attempt(self, state: BankState, jobs: list[Job], *, careful: bool) -> None:
+        """Decide a batch on the state and commit it. Nothing here asks the store whether the
+        state is current: a commit can only succeed on the latest version (the store refuses
+        a version taken by another writer), so a batch that commits was decided on the
+        current state. A batch that commits nothing is checked against the store's position
+        before anyone is answered."""
         now = self._clock()
         records = RecordBook(
             partial(self._store.transfers, self.bank_uuid),
             partial(self._store.requests, self.bank_uuid),
         )
+        commands = [job.command for job in jobs]
+        if not careful:
+            # Ids of open holds or of transfers made lately (a client retrying a write whose
+            # answer it did not wait for) are looked up; other new ids are taken as new.
+            records.assume_new(
+                transfer_id
+                for transfer_id in bank.new_transfer_ids(commands)
+                if transfer_id not in state.holds and transfer_id not in self._recent_ids
+            )
         try:
-            records.prefetch(*bank.referenced_ids(job.command for job in jobs))
+            records.prefetch(*bank.referenced_ids(commands))
         except Exception:
             log.exception("writer_lookup_failed bank_id=%s", self.bank_id)
             raise Unavailable(
@@ -234,15 +255,34 @@ class BankWriter:
             metrics.writer_batch_commands.observe(len(jobs))
         try:
             results = self._apply(batch, jobs, now)
+            if not batch.events and self._store_is_ahead(state):
+                raise _Conflict  # decided on a state another writer has moved on from
             self._commit(batch, state)
         except BaseException:
             batch.rollback()
             raise
+        self._remember(records.created_transfers)
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BankView):
                 result = state.view()  # with the chain head, known once encoded
             _settle(job, result)
         self._maybe_snapshot(state)
+
+    def _remember(self, transfer_ids: set[str]) -> None:
+        recent = self._recent_ids
+        for transfer_id in transfer_ids:
+            recent[transfer_id] = None
+        while len(recent) > recent_transfer_ids_max:
+            recent.popitem(last=False)
+
+    def _store_is_ahead(self, state: BankState) -> bool:
+        try:
+            return self._store.position(self.bank_uuid) > state.version
+        except Exception:
+            log.exception("writer_lookup_failed bank_id=%s", self.bank_id)
+            raise Unavailable(
+                "STORE_UNAVAILABLE", "the index cannot be read; retry later"
+            ) from None
 
     def _apply(self, batch: Batch, jobs: list[Job], now: datetime) -> list[Result]:
         holds.expire_due(batch, now)

@@ -124,6 +124,17 @@ def execute(batch: Batch, bank_id: str, command: Command) -> Result:
     return _HANDLERS[type(command)](batch, command)
 
 
+def new_transfer_ids(commands: Iterable[Command]) -> set[str]:
+    """The ids of the transfers a run of commands would create."""
+    ids: set[str] = set()
+    for command in commands:
+        if isinstance(command, CreateTransfer | ReverseTransfer):
+            ids.add(command.transfer_id)
+        elif isinstance(command, CreateTransfers):
+            ids.update(item.transfer_id for item in command.items)
+    return ids
+
+
 def referenced_ids(commands: Iterable[Command]) -> tuple[set[str], set[str]]:
     """The transfer ids and request ids a run of commands will look up (fetched at once)."""
     transfer_ids: set[str] = set()

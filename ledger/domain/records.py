@@ -155,6 +155,13 @@ class RecordBook:
         for request_id in wanted:
             self._requests[request_id] = found_requests.get(request_id)
 
+    def assume_new(self, transfer_ids: Iterable[str]) -> None:
+        """Take these ids as unused without looking them up: the ids of transfers a batch
+        creates are almost always new. If one is not, the store refuses the batch's commit
+        (the ids are unique there), and the writer runs it again with every id looked up."""
+        for transfer_id in transfer_ids:
+            self._transfers.setdefault(transfer_id, None)
+
     def transfer(self, transfer_id: str) -> TransferRecord | None:
         if transfer_id not in self._transfers:
             self.prefetch([transfer_id], [])

@@ -104,7 +104,9 @@ class ProjectionProcess:
             logs.event(
                 log, "projection_process_died", level=logging.ERROR, pid=process.pid, code=code
             )
-            pause = restart_pause_seconds if started.is_set() else min(
-                pause * 2, restart_pause_seconds_max
+            pause = (
+                restart_pause_seconds
+                if started.is_set()
+                else min(pause * 2, restart_pause_seconds_max)
             )
             self._stopping.wait(pause)

@@ -41,6 +41,8 @@ class IndexWrite:
 
     bank: list[tuple[Any, ...]] = field(default_factory=list)
     accounts: list[tuple[Any, ...]] = field(default_factory=list)
+    # New transfers are inserted, never upserted: an id used before fails the commit.
+    new_transfers: list[tuple[Any, ...]] = field(default_factory=list)
     transfers: list[tuple[Any, ...]] = field(default_factory=list)
     account_transfers: list[tuple[Any, ...]] = field(default_factory=list)
     requests: list[tuple[Any, ...]] = field(default_factory=list)
@@ -59,6 +61,7 @@ class IndexWrite:
                 ),
                 self.accounts,
             ),
+            (_insert(dialect, "ledger_transfers", rows.TRANSFER_COLUMNS), self.new_transfers),
             (
                 _upsert(
                     dialect, "ledger_transfers", rows.TRANSFER_COLUMNS, ("bank_uuid", "transfer_id")
@@ -120,7 +123,11 @@ def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
     write.bank.append(rows.bank_row(bank_uuid, view, batch.created_by, batch.timestamp))
     write.accounts = [rows.account_row(bank_uuid, a) for a in batch.changed_accounts()]
     records = batch.records
-    write.transfers = [rows.transfer_row(bank_uuid, r) for r in records.changed_transfers.values()]
+    for transfer_id, record in records.changed_transfers.items():
+        rows_of = (
+            write.new_transfers if transfer_id in records.created_transfers else write.transfers
+        )
+        rows_of.append(rows.transfer_row(bank_uuid, record))
     for transfer_id in records.created_transfers:
         record = records.changed_transfers[transfer_id]
         for account_id in (record.payer_account_id, record.payee_account_id):
