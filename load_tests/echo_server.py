@@ -23,7 +23,6 @@ from types import FrameType
 import grpc
 
 from ledger.config import Settings
-from ledger.service.server import rpcs_per_worker_max
 from load_tests.workload import echo_method_name, echo_service_name
 
 # An echo server has nothing to finish; this only lets in-flight replies go out.
@@ -34,6 +33,18 @@ def echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
     return request
 
 
+def calls_admitted_max(settings: Settings) -> int:
+    """The ledger's own admission limit, as the code being measured defines it."""
+    admitted: int | None = getattr(settings, "calls_in_flight_max", None)
+    if admitted is not None:
+        return admitted
+    # Code from before the security edge: a fixed number of calls per worker thread.
+    from ledger.service import server
+
+    per_worker: int = getattr(server, "rpcs_per_worker_max")  # noqa: B009
+    return settings.grpc_workers * per_worker
+
+
 def create_server(settings: Settings) -> tuple[grpc.Server, int]:
     """An echo server, not yet started, bound to settings.grpc_address; and its port."""
     server = grpc.server(
@@ -42,7 +53,7 @@ def create_server(settings: Settings) -> tuple[grpc.Server, int]:
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
-        maximum_concurrent_rpcs=settings.grpc_workers * rpcs_per_worker_max,
+        maximum_concurrent_rpcs=calls_admitted_max(settings),
     )
     # No serializers: the handler gets and returns raw bytes.
     handler = grpc.method_handlers_generic_handler(

@@ -30,7 +30,14 @@ from typing import Any
 import grpc
 
 from load_tests.stats import GeneratorOutcome
-from load_tests.workload import Call, Workload, build_calls, op_paths, transfers_recorded
+from load_tests.workload import (
+    Call,
+    Workload,
+    build_calls,
+    call_metadata,
+    op_paths,
+    transfers_recorded,
+)
 
 late_ms = 5.0
 # A call still unsent this long after the end of the schedule is dropped, not sent late.
@@ -126,10 +133,14 @@ async def drive(
     last_done = window_end
     tasks: set[asyncio.Task[None]] = set()
 
+    metadata = call_metadata(plan.workload.token)
+
     async def send(call: Call, scheduled: float) -> None:
         nonlocal in_flight, last_done
         try:
-            response = await methods[call.op](call.payload, timeout=plan.call_timeout_seconds)
+            response = await methods[call.op](
+                call.payload, timeout=plan.call_timeout_seconds, metadata=metadata
+            )
         except grpc.aio.AioRpcError as error:
             outcome.statuses[error.code().name] += 1
         else:

@@ -16,10 +16,12 @@ call is an idempotent retry of another.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import grpc
 
@@ -65,6 +67,8 @@ class Workload:
     transfers_per_request: int = 1
     read_fraction: float = 0.0
     page_size: int = 20
+    # The bank-admin key every call presents ("" for a server without keys: older code).
+    token: str = ""
 
     def __post_init__(self) -> None:
         assert self.member_count >= 2, "transfers need two distinct members"
@@ -83,6 +87,24 @@ class Call:
 
 def member_id(index: int) -> str:
     return f"m{index:05d}"
+
+
+def call_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+    """What every call presents: the API key, if the server has keys."""
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+# The request field for who acted is `actor_label` since keys arrived (the actor itself is
+# the authenticated key), `actor` before: the harness measures code from before and after.
+_label = (
+    "actor_label"
+    if "actor_label" in pb.CreateTransferRequest.DESCRIPTOR.fields_by_name
+    else "actor"
+)
+
+
+def _labelled(**fields: Any) -> dict[str, Any]:
+    return {**fields, _label: "load-test"}
 
 
 def build_calls(workload: Workload, count: int, id_prefix: str, seed: int) -> list[Call]:
@@ -104,15 +126,16 @@ def _call(workload: Workload, transfer_id: str, rng: random.Random) -> Call:
         return _read(workload, rng)
     payer, payee = _pair(workload, rng)
     transfer = pb.CreateTransferRequest(
-        bank_id=workload.bank_id,
-        transfer_id=transfer_id,
-        payer_account_id=payer,
-        payee_account_id=payee,
-        amount_minutes=rng.randint(1, amount_minutes_max),
-        memo="help with the shopping",
-        category="errands",
-        service_date="2025-05-17",
-        actor="load-test",
+        **_labelled(
+            bank_id=workload.bank_id,
+            transfer_id=transfer_id,
+            payer_account_id=payer,
+            payee_account_id=payee,
+            amount_minutes=rng.randint(1, amount_minutes_max),
+            memo="help with the shopping",
+            category="errands",
+            service_date="2025-05-17",
+        )
     )
     op = OP_ECHO if kind == "echo" else OP_CREATE_TRANSFER
     return Call(op, transfer.SerializeToString(), 1)
@@ -121,14 +144,15 @@ def _call(workload: Workload, transfer_id: str, rng: random.Random) -> Call:
 def _new_transfer(workload: Workload, transfer_id: str, rng: random.Random) -> pb.NewTransfer:
     payer, payee = _pair(workload, rng)
     return pb.NewTransfer(
-        transfer_id=transfer_id,
-        payer_account_id=payer,
-        payee_account_id=payee,
-        amount_minutes=rng.randint(1, amount_minutes_max),
-        memo="help with the shopping",
-        category="errands",
-        service_date="2025-05-17",
-        actor="load-test",
+        **_labelled(
+            transfer_id=transfer_id,
+            payer_account_id=payer,
+            payee_account_id=payee,
+            amount_minutes=rng.randint(1, amount_minutes_max),
+            memo="help with the shopping",
+            category="errands",
+            service_date="2025-05-17",
+        )
     )
 
 
@@ -169,27 +193,55 @@ def transfers_recorded(op: int, response: bytes, item_errors: Counter[str]) -> i
 # ------------------------------------------------------------------------------ set-up
 
 
-async def prepare_bank(address: str, workload: Workload) -> None:
-    """Creates the scenario's bank, its members and the pool account (idempotent)."""
+def operator_token(keys_file: Path) -> str:
+    """The operator key a server wrote at its first start ("" if it wrote none: older code)."""
+    if not keys_file.exists():
+        return ""
+    token: str = json.loads(keys_file.read_text())["operator"]
+    return token
+
+
+async def prepare_bank(
+    address: str, workload: Workload, operator: str = "", *, existing: bool = False
+) -> str:
+    """Creates the scenario's bank, its members and the pool account (idempotent), unless it
+    exists already; returns the key its calls present: a bank-admin key the operator issues
+    ("" on a server without keys)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.LedgerServiceStub(channel)
-        await stub.CreateBank(
-            pb.CreateBankRequest(bank_id=workload.bank_id, name="Load test", actor="load-test"),
-            timeout=setup_call_timeout_seconds,
-        )
+        token = ""
+        if operator:
+            as_operator = call_metadata(operator)
+            if not existing:
+                await stub.CreateBank(
+                    pb.CreateBankRequest(bank_id=workload.bank_id, name="Load test"),
+                    timeout=setup_call_timeout_seconds,
+                    metadata=as_operator,
+                )
+            token = await _bank_admin_key(channel, workload.bank_id, operator)
+        elif not existing:
+            await stub.CreateBank(
+                pb.CreateBankRequest(**_labelled(bank_id=workload.bank_id, name="Load test")),
+                timeout=setup_call_timeout_seconds,
+            )
+        if existing:
+            return token
         slots = asyncio.Semaphore(setup_calls_in_flight_max)
+        metadata = call_metadata(token)
 
         async def open_account(account_id: str, kind: pb.AccountKind.ValueType) -> None:
             async with slots:
                 await stub.OpenAccount(
                     pb.OpenAccountRequest(
-                        bank_id=workload.bank_id,
-                        account_id=account_id,
-                        kind=kind,
-                        lower_limit_minutes=lower_limit_minutes,
-                        actor="load-test",
+                        **_labelled(
+                            bank_id=workload.bank_id,
+                            account_id=account_id,
+                            kind=kind,
+                            lower_limit_minutes=lower_limit_minutes,
+                        )
                     ),
                     timeout=setup_call_timeout_seconds,
+                    metadata=metadata,
                 )
 
         opening = [open_account(pool_account_id, pb.ACCOUNT_KIND_POOL)]
@@ -198,12 +250,30 @@ async def prepare_bank(address: str, workload: Workload) -> None:
             for index in range(workload.member_count)
         ]
         await asyncio.gather(*opening)
+        return token
 
 
-async def bank_transfer_count(address: str, bank_id: str) -> int:
+async def _bank_admin_key(channel: grpc.aio.Channel, bank_id: str, operator: str) -> str:
+    # Imported here: the access service's generated code is not there in older commits.
+    from timebank.ledger.v1 import access_pb2, access_pb2_grpc
+
+    issued = await access_pb2_grpc.AccessServiceStub(channel).IssueApiKey(
+        access_pb2.IssueApiKeyRequest(
+            bank_id=bank_id, role=access_pb2.ROLE_BANK_ADMIN, label="load test"
+        ),
+        timeout=setup_call_timeout_seconds,
+        metadata=call_metadata(operator),
+    )
+    token: str = issued.token
+    return token
+
+
+async def bank_transfer_count(address: str, bank_id: str, token: str = "") -> int:
     """The number of transfers the bank has recorded, read back from the server."""
     async with grpc.aio.insecure_channel(address) as channel:
         response = await pb_grpc.LedgerServiceStub(channel).GetBank(
-            pb.GetBankRequest(bank_id=bank_id), timeout=setup_call_timeout_seconds
+            pb.GetBankRequest(bank_id=bank_id),
+            timeout=setup_call_timeout_seconds,
+            metadata=call_metadata(token),
         )
         return response.bank.transfer_count

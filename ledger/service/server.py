@@ -12,6 +12,7 @@ unless LEDGER_PROJECTIONS=off) and the Prometheus exporter (LEDGER_METRICS_ADDRE
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -57,6 +58,20 @@ access_service_name = access_pb2.DESCRIPTOR.services_by_name["AccessService"].fu
 message_bytes_backstop = 1024 * 1024
 # Likewise for calls in flight: the interceptor's limit (SERVER_BUSY) is the one that refuses.
 calls_in_flight_backstop = 64
+
+
+# The collector's thresholds while serving. Each call allocates many short-lived objects;
+# the default (700, 10, 10) collects the youngest generation every few calls and the whole
+# heap every few thousand. The heap that matters (banks' states) lives long, so collections
+# are made rarer, and what exists at start-up (modules, settings, the first banks) is frozen
+# out of them.
+gc_thresholds = (50_000, 20, 100)
+
+
+def tune_garbage_collection() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*gc_thresholds)
 
 
 def tls_settings(settings: Settings) -> TlsSettings | None:
@@ -162,6 +177,7 @@ def serve(settings: Settings) -> None:
         server, port = create_server(
             settings, ledger, health_servicer=health_servicer, projections=projections
         )
+        tune_garbage_collection()
         server.start()
         logs.event(
             log,
