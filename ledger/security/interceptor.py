@@ -42,6 +42,9 @@ class SecurityInterceptor(_ServerInterceptor):
     def __init__(self, gate: Gate, request_bytes_max: int = request_bytes_max) -> None:
         self._gate = gate
         self._request_bytes_max = request_bytes_max
+        # Method -> (the servicer's handler, the guarded one): built once per method, not
+        # per call. Only registered methods get here, so it holds as many as there are.
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     def intercept_service(
         self,
@@ -52,6 +55,14 @@ class SecurityInterceptor(_ServerInterceptor):
         if handler is None:
             return None  # no such method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guard(method, handler)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+    def _guard(self, method: str, handler: Handler) -> Handler:
         deserializer = checked_deserializer(handler.request_deserializer, self._request_bytes_max)
         rule = self._gate.rule_for(method)
         if rule is not None and rule.scope is Scope.PUBLIC:
@@ -61,19 +72,17 @@ class SecurityInterceptor(_ServerInterceptor):
         # requests can be guarded; the policy test checks that every ruled method is one.
         if rule is None or handler.request_streaming:
             return _handler_like(handler, self._refused(method), deserializer)
-        metadata = tuple(handler_call_details.invocation_metadata)
         if handler.response_streaming:
-            behavior = self._unary_stream(method, rule, metadata, _behavior(handler))
+            behavior = self._unary_stream(method, rule, _behavior(handler))
         else:
-            behavior = self._unary_unary(method, rule, metadata, _behavior(handler))
+            behavior = self._unary_unary(method, rule, _behavior(handler))
         return _handler_like(handler, behavior, deserializer)
 
-    def _unary_unary(
-        self, method: str, rule: Rule, metadata: Metadata, inner: Behavior
-    ) -> Behavior:
+    def _unary_unary(self, method: str, rule: Rule, inner: Behavior) -> Behavior:
         gate = self._gate
 
         def behavior(request: object, context: grpc.ServicerContext) -> Any:
+            metadata = tuple(context.invocation_metadata())
             admission = _admit(gate, method, rule, metadata, request, context)
             try:
                 return context_with(admission.caller).run(inner, request, context)
@@ -82,12 +91,11 @@ class SecurityInterceptor(_ServerInterceptor):
 
         return behavior
 
-    def _unary_stream(
-        self, method: str, rule: Rule, metadata: Metadata, inner: Behavior
-    ) -> Behavior:
+    def _unary_stream(self, method: str, rule: Rule, inner: Behavior) -> Behavior:
         gate = self._gate
 
         def behavior(request: object, context: grpc.ServicerContext) -> Iterator[Any]:
+            metadata = tuple(context.invocation_metadata())
             admission = _admit(gate, method, rule, metadata, request, context)
             # The stream ends long after this returns, and maybe without ever being read
             # (a cancelled call): grpc's termination callback gives the slots back either way.
