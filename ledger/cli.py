@@ -4,6 +4,8 @@
     timebank-ledger project [--projection NAME]...  # follow the log, keep the views up to date
     timebank-ledger replay --projection NAME      # drop one view and rebuild it from event 1
     timebank-ledger verify --bank ID ...          # check a bank's whole history in the store
+    timebank-ledger verify --server HOST:PORT --bank ID | --file EXPORT  # as an auditor
+    timebank-ledger export --bank ID / import FILE  # move a bank (see audit_cli.py)
     timebank-ledger keys create|list|revoke ...   # the operator's API keys (see admin_keys.py)
     timebank-ledger demo  [--address HOST:PORT]   # a client: two members swap an hour and a half
 
@@ -21,11 +23,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from ledger import admin_keys, logs
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ledger import admin_keys, audit_cli, logs
 from ledger.config import ConfigError, Settings
 
 # A rebuild gives up after this long (at 50,000 events/s: 1.08 billion events).
@@ -64,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="check banks' histories in the store: hash chain, invariants, snapshot, index",
     )
     verify_parser.add_argument(
-        "--bank", action="append", dest="banks", required=True, metavar="ID", help="repeatable"
+        "--bank", action="append", dest="banks", metavar="ID", help="repeatable (store form)"
     )
+    audit_cli.add_verify_arguments(verify_parser)
+    audit_cli.add_parsers(commands)
     admin_keys.add_parser(commands)
     demo_parser = commands.add_parser("demo", help="walk through the API against a server")
     demo_parser.add_argument("--address", help="host:port of the server (LEDGER_GRPC_ADDRESS)")
@@ -86,7 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return replay(settings, args.projection)
         if args.command == "verify":
-            return verify(settings, args.banks)
+            if args.server or args.file:
+                return audit_cli.verify_remote(args)
+            if not args.banks:
+                raise ConfigError("verify needs --bank ID (or --server, or --file)")
+            keys = audit_cli.public_keys(args.public_key)
+            heads = audit_cli.expected_heads(args.expect_head)
+            return verify(settings, args.banks, keys, heads)
+        if args.command == "export":
+            _check_durable(settings)
+            return audit_cli.export(settings, args)
+        if args.command == "import":
+            _check_durable(settings)
+            return audit_cli.import_file(settings, args)
+        if args.command == "signing-key":
+            return audit_cli.signing_key(settings, args)
         if args.command == "keys":
             _check_durable(settings)
             return admin_keys.run(settings, args)
@@ -174,8 +194,14 @@ def replay(settings: Settings, name: str) -> int:
     return 0
 
 
-def verify(settings: Settings, bank_ids: Sequence[str]) -> int:
-    """Verifies each bank's stored history from event 1; prints a report; 1 if any fails."""
+def verify(
+    settings: Settings,
+    bank_ids: Sequence[str],
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    expected_heads: Sequence[tuple[int, str]] = (),
+) -> int:
+    """Verifies each bank's stored history from event 1, with its signed checkpoints (and
+    the heads given); prints a report; 1 if any fails."""
     from ledger.application.verification import verify_bank
     from ledger.storage.store import LedgerStore
 
@@ -184,7 +210,9 @@ def verify(settings: Settings, bank_ids: Sequence[str]) -> int:
     failed = 0
     try:
         for bank_id in bank_ids:
-            check = verify_bank(store, bank_id)
+            check = verify_bank(
+                store, bank_id, public_keys=public_keys, expected_heads=expected_heads
+            )
             report = check.report
             if report.position == 0:
                 print(f"bank {bank_id}: no history in this store")
@@ -195,6 +223,12 @@ def verify(settings: Settings, bank_ids: Sequence[str]) -> int:
                 f" transfers, {len(report.accounts)} accounts; position {report.position},"
                 f" chain head {report.chain_head}; balances digest {check.balances_digest}"
             )
+            if report.checkpoints_checked or report.heads_checked or public_keys:
+                print(
+                    f"  checkpoints: {report.checkpoints_checked} checked, signatures "
+                    + ("checked" if report.signatures_checked else "NOT checked (no --public-key)")
+                    + f"; saved heads: {report.heads_checked} checked"
+                )
             for violation in report.violations:
                 print(f"  position {violation.version}: {violation.reason} {violation.detail}")
             if report.violation_count > len(report.violations):

@@ -37,6 +37,11 @@ _AT_LEAST_ONE = (
     "writer_queue_max",
     "resident_banks_max",
     "snapshot_interval_events",
+    "audit_checkpoint_interval_events",
+    "audit_signing_interval_events",
+    "audit_streams_max",
+    "audit_follow_resume_events_max",
+    "audit_resident_banks_max",
 )
 # Settings whose text is normalised before use (the rest are only stripped).
 _NORMALISE: dict[str, Callable[[str], str]] = {
@@ -122,6 +127,30 @@ class Settings:
     # PostgreSQL), a path, or "off".
     bootstrap_keys_file: str = "auto"
 
+    # ----------------------------------------------------------------- auditing
+    # The audit projection keeps a bank's balances (for as-of queries) after this many
+    # changes (an event, or one transfer of a grouped event), and after at least as many as
+    # the bank has accounts and open holds: checkpoints never take more room than the history.
+    audit_checkpoint_interval_events: int = 1000
+    # A checkpoint of a bank's chain head is signed after this many events, or this long
+    # after the first event not covered by a signed checkpoint, whichever comes first.
+    audit_signing_interval_events: int = 10_000
+    audit_signing_interval_seconds: float = 60.0
+    # The Ed25519 private key (PEM, PKCS#8) checkpoints are signed with, kept outside the
+    # database: "auto" beside the SQLite file (made on first use, mode 0600; none on
+    # PostgreSQL), a path (made on first use if missing), or "off" (nothing is signed).
+    audit_signing_key_file: str = "auto"
+    # StreamEvents calls served at once (each holds a gRPC worker thread while it lasts);
+    # at most half of LEDGER_GRPC_WORKERS are given to streams whatever this says.
+    audit_streams_max: int = 16
+    # How often a following stream looks for new events while it has none to send.
+    audit_follow_poll_seconds: float = 0.05
+    # How far behind the bank's head a member-app key's follow stream may start.
+    audit_follow_resume_events_max: int = 10_000
+    # Banks whose whole-history check the audit projection keeps in memory at once; another
+    # bank's is rebuilt from the store when its next event comes.
+    audit_resident_banks_max: int = 100
+
     def __post_init__(self) -> None:
         if self.projections not in PROJECTIONS_MODES:
             raise ConfigError(
@@ -180,6 +209,19 @@ class Settings:
             return None
         path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
         return str(Path(path).with_name(Path(path).stem + ".keys.json"))
+
+    def signing_key_path(self) -> str | None:
+        """Where the checkpoint signing key is (None: nothing is signed)."""
+        setting = self.audit_signing_key_file
+        if setting.lower() == "off" or not setting:
+            return None
+        if setting.lower() != "auto":
+            return setting
+        url = urlsplit(self.database_url)
+        if url.scheme != "sqlite":
+            return None
+        path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
+        return str(Path(path).with_name(Path(path).stem + ".checkpoint-key.pem"))
 
     @property
     def projections_mode(self) -> str:

@@ -11,6 +11,11 @@
     ledger_snapshots_total                       counter: decision-state snapshots taken
     ledger_reads_waiting                         gauge: reads waiting now for a view to reach
                                                  their min_position (at most reads_waiting_max)
+    ledger_audit_violations_total{check}         counter: violations the audit projection found,
+                                                 by check (ledger/verifier.py's Reason)
+    ledger_audit_checkpoints_signed_total        counter: checkpoints of chain heads signed
+    ledger_audit_streams                         gauge: StreamEvents calls being served now
+    ledger_audit_stream_events_total             counter: events StreamEvents handed to gRPC
 
 Labels are bounded sets (RPC names, status codes, projection names): never an account,
 bank or transfer id. The metrics live in the default registry, as Prometheus clients
@@ -72,6 +77,23 @@ writer_conflicts = Counter(
 snapshots_taken = Counter(
     "ledger_snapshots",  # exported as ledger_snapshots_total
     "Snapshots of banks' decision state taken.",
+)
+
+
+# ----------------------------------------------------------------- audit (issue 10)
+audit_violations = Counter(
+    "ledger_audit_violations",  # exported as ledger_audit_violations_total
+    "Violations the audit projection found in banks' histories, by check.",
+    ["check"],
+)
+audit_checkpoints_signed = Counter(
+    "ledger_audit_checkpoints_signed",  # exported as ledger_audit_checkpoints_signed_total
+    "Checkpoints of banks' chain heads signed by the audit projection.",
+)
+audit_streams = Gauge("ledger_audit_streams", "StreamEvents calls being served now.")
+audit_stream_events = Counter(
+    "ledger_audit_stream_events",  # exported as ledger_audit_stream_events_total
+    "Events StreamEvents handed to gRPC to send (sent, or waiting in the transport).",
 )
 
 

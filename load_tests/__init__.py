@@ -30,4 +30,13 @@ Modules:
 - `echo_server`: baseline (a), a bare gRPC unary echo server.
 - `profiling`: py-spy recording of the server and a summary of its hottest frames.
 - `machine`: what the machine is (CPU, memory, versions) for the report.
+
+Issue 7 (state model v2), results in RESULTS.md "State model v2 (issue 7)":
+
+- `bench_state`: loading a bank with and without a snapshot, a cold start's first commit,
+  write throughput on a long history, 10,000 idle banks.
+- `state_history`: a bank's long history (up to 10^7 transfers) written straight into a
+  PostgreSQL schema with COPY, byte-identical to what the ledger writes (resumable, cached).
+- `state_child`: the measured child processes of `bench_state` (one per measurement).
+- `before_after`: `run`'s write-path figures of two commits in one table.
 """

@@ -14,6 +14,15 @@ peak then gives the latency the targets speak of. `--repeat N` repeats the whole
 Scenarios: echo (baseline a, bare gRPC echo), uniform, hot, batch, mixed, naive (baseline b:
 the uniform scenario on a ledger with LEDGER_WRITER_BATCH_MAX=1). `--quick` is a one-minute
 smoke run; `--quick --scenarios batch --duration 2` takes about 15 seconds.
+
+`--existing-schema NAME` points the ledger scenarios at a schema that already holds the bank
+(a long history written by `load_tests.state_history`, say): the server starts on it, the
+bank is not prepared and the schema is not dropped; the bank check counts only the transfers
+the run adds.
+
+`--code COMMIT` runs the servers (and generators) from that commit's ledger/, projections/
+and timebank/ (`git archive`) with the working tree's load_tests/, for before/after figures
+of two commits while the working tree moves on.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from load_tests import machine, profiling
 from load_tests.generator import GeneratorPool, split
 from load_tests.servers import (
     RunningServer,
+    commit_code,
     cpu_percent,
     echo_command,
     ledger_command,
@@ -47,11 +57,18 @@ from load_tests.servers import (
     postgres_schema,
     running,
     sample_cpu,
+    schema_url,
     server_backends,
     snapshot_code,
 )
 from load_tests.stats import StepSummary, merge
-from load_tests.workload import Kind, Workload, bank_transfer_count, prepare_bank
+from load_tests.workload import (
+    Kind,
+    Workload,
+    bank_transfer_count,
+    operator_token,
+    prepare_bank,
+)
 
 # Targets of issue 3.
 unary_vs_echo_min = 0.90
@@ -67,9 +84,18 @@ quiet_sample_seconds = 1.0
 
 # Every ledger server gets these (on top of the caller's LEDGER_* variables): a free port
 # for its Prometheus exporter, so that it cannot clash with another server on the machine.
-ledger_env = {"LEDGER_METRICS_ADDRESS": "127.0.0.1:0"}
+ledger_env = {
+    "LEDGER_METRICS_ADDRESS": "127.0.0.1:0",
+    # The load runs on one key of one bank: per-key quotas are not what is measured.
+    "LEDGER_KEY_REQUESTS_PER_SECOND": "1000000000",
+    "LEDGER_KEY_REQUEST_BURST_MAX": "1000000000",
+    "LEDGER_KEY_CALLS_IN_FLIGHT_MAX": "100000",
+    "LEDGER_CALLS_IN_FLIGHT_MAX": "100000",
+}
 
 database_url_default = "postgresql://postgres@127.0.0.1:5432/test"
+# Set in the copy `--code COMMIT` runs from: where the machine facts were written.
+_commit_facts_env = "LOAD_TESTS_COMMIT_FACTS"
 bank_id = "load-bank"
 
 
@@ -142,6 +168,12 @@ class Options:
     json_path: Path | None
     # The code servers run: a snapshot taken at the start, or None for the working tree.
     code: Path | None = None
+    # Ledger scenarios run on this pre-filled schema (its bank `bank_id` and members already
+    # there, e.g. from load_tests.state_history) instead of a fresh one: not prepared, not
+    # dropped. Every repeat and scenario then adds its transfers to that one bank.
+    existing_schema: str | None = None
+    # Servers run this commit's code (git archive into `code`) instead of the working tree's.
+    commit: str | None = None
 
 
 @dataclass
@@ -202,12 +234,35 @@ def run_scenario(scenario: Scenario, options: Options, repeat: int) -> ScenarioR
                 echo = running(echo_command(), {}, log_path, options.code)
                 server = stack.enter_context(echo)
             else:
-                url = stack.enter_context(postgres_schema(options.database_url))
-                env = {"LEDGER_DATABASE_URL": url, **ledger_env, **scenario.server_env}
+                url = _ledger_url(stack, options)
+                # The keys a server makes at its first start (servers from before keys
+                # write none, and take calls without them).
+                keys_file = options.log_dir / f"{scenario.name}-{repeat}.keys.json"
+                keys_file.unlink(missing_ok=True)
+                env = {
+                    "LEDGER_DATABASE_URL": url,
+                    "LEDGER_BOOTSTRAP_KEYS_FILE": str(keys_file),
+                    **ledger_env,
+                    **scenario.server_env,
+                }
                 server = stack.enter_context(running(ledger_command(), env, log_path, options.code))
-                asyncio.run(prepare_bank(server.address, workload))
+                token = asyncio.run(
+                    prepare_bank(
+                        server.address,
+                        workload,
+                        operator_token(keys_file),
+                        existing=options.existing_schema is not None,
+                    )
+                )
+                workload = dataclasses.replace(workload, token=token)
             pool = stack.enter_context(GeneratorPool(options.generators))
             step = _Stepper(pool, server, workload, options, repeat)
+            if not scenario.on_echo:
+                # Transfers already stored (none in a fresh schema): the bank check counts
+                # only what this run adds.
+                step.initial_transfers = asyncio.run(
+                    bank_transfer_count(server.address, bank_id, workload.token)
+                )
             _find_peak(scenario, step, options, result)
             peak = result.peak
             if peak is not None and peak.achieved_calls_per_second > 0:
@@ -225,6 +280,13 @@ def run_scenario(scenario: Scenario, options: Options, repeat: int) -> ScenarioR
     if result.server_log:
         print(f"{scenario.name:8} server log events: {result.server_log}")
     return result
+
+
+def _ledger_url(stack: ExitStack, options: Options) -> str:
+    """The pre-filled schema's URL, or a fresh schema's (dropped when the stack closes)."""
+    if options.existing_schema is not None:
+        return schema_url(options.database_url, options.existing_schema)
+    return stack.enter_context(postgres_schema(options.database_url))
 
 
 def _wait_for_quiet(scenario: Scenario, seconds_max: float) -> None:
@@ -257,6 +319,8 @@ class _Stepper:
         self._count = 0
         # Over every step so far: what the server acknowledged, and calls it did not.
         self.acknowledged_transfers = 0
+        # What the bank held before the first step.
+        self.initial_transfers = 0
         self.calls_without_ok = 0
 
     def __call__(
@@ -377,11 +441,13 @@ def _profile(
 def _bank_check(step: _Stepper) -> dict[str, Any]:
     """Every acknowledged transfer must be recorded (more may be, from unanswered calls)."""
     acknowledged = step.acknowledged_transfers
-    recorded = asyncio.run(bank_transfer_count(step.server.address, bank_id))
+    total = asyncio.run(bank_transfer_count(step.server.address, bank_id, step.workload.token))
+    recorded = total - step.initial_transfers
     verdict = "ok" if recorded == acknowledged else "LOST" if recorded < acknowledged else "extra"
     return {
         "acknowledged_transfers": acknowledged,
         "recorded_transfers": recorded,
+        "initial_transfers": step.initial_transfers,
         "calls_without_ok": step.calls_without_ok,
         "verdict": verdict,
     }
@@ -634,6 +700,18 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     parser.add_argument(
+        "--existing-schema",
+        help="run the ledger scenarios on this pre-filled schema of --database-url (bank"
+        f" {bank_id!r} with members m00000...; see load_tests.bench_state) instead of a fresh"
+        " one: it is neither prepared nor dropped",
+    )
+    parser.add_argument(
+        "--code",
+        dest="commit",
+        help="run servers (and generators) from this commit's ledger/, projections/ and"
+        " timebank/ (git archive) with the working tree's load_tests/: figures of one commit",
+    )
+    parser.add_argument(
         "--no-snapshot",
         action="store_true",
         help="run servers from the working tree, not from a copy taken when the run starts",
@@ -667,7 +745,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         profile_seconds=args.profile_seconds,
         quiet_wait_seconds=args.quiet_wait,
         json_path=args.json,
+        existing_schema=args.existing_schema,
+        commit=args.commit,
     )
+    if args.commit and args.no_snapshot:
+        parser.error("--code runs a commit's code from a copy: it cannot go with --no-snapshot")
     if not args.no_snapshot:
         options = dataclasses.replace(options, code=options.log_dir / "code")
     _check(parser, options)
@@ -689,11 +771,36 @@ def _check(parser: argparse.ArgumentParser, options: Options) -> None:
         parser.error("--profile-seconds must be 1..60 and --quiet-wait 0..600")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_args(argv)
-    options.log_dir.mkdir(parents=True, exist_ok=True)
+def _run_from_commit(args: list[str], options: Options) -> None:
+    """Copies the commit's code, then runs this command again from the copy (never returns):
+    this process's own imports (the protos the generators build requests with) are then the
+    commit's too. The machine facts are taken here, where the git repository is."""
+    assert options.commit is not None, "only for --code"
+    assert options.code is not None, "--code runs from a copy"
     facts = machine.facts(options.database_url)
-    if options.code is not None:
+    facts["code_commit"] = commit_code(machine.repository, options.commit, options.code)
+    facts["code_snapshot"] = f"git archive {facts['code_commit'][:7]} + working-tree load_tests"
+    facts_path = options.log_dir / "machine.json"
+    facts_path.write_text(json.dumps(facts, indent=2, default=str))
+    pinned = [*args, "--log-dir", str(options.log_dir.resolve())]
+    if options.json_path is not None:
+        pinned += ["--json", str(options.json_path.resolve())]
+    env = {**os.environ, _commit_facts_env: str(facts_path), "PYTHONPATH": str(options.code)}
+    os.chdir(options.code)
+    os.execve(sys.executable, [sys.executable, "-m", "load_tests.run", *pinned], env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = parse_args(args)
+    options.log_dir.mkdir(parents=True, exist_ok=True)
+    if options.commit is not None and _commit_facts_env not in os.environ:
+        _run_from_commit(args, options)
+    if options.commit is not None:
+        facts = json.loads(Path(os.environ[_commit_facts_env]).read_text())
+    else:
+        facts = machine.facts(options.database_url)
+    if options.code is not None and options.commit is None:
         facts["code_snapshot"] = snapshot_code(machine.repository, options.code)
         # Generator processes (spawned, so they import afresh) take the snapshot too.
         sys.path.insert(0, str(options.code))
@@ -721,9 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.json_path is not None:
         document = {
             "machine": facts,
-            "command": " ".join(
-                ["python -m load_tests.run", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            "command": " ".join(["python -m load_tests.run", *args]),
             "options": {
                 k: str(v) if isinstance(v, Path) else v
                 for k, v in dataclasses.asdict(options).items()

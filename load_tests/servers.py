@@ -45,18 +45,33 @@ _clock_ticks_per_second = os.sysconf("SC_CLK_TCK")
 def postgres_schema(database_url: str) -> Iterator[str]:
     """A new empty schema; yields the ledger URL that uses it; drops it (cascade) after."""
     name = f"load_{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+    create_schema(database_url, name)
+    try:
+        yield schema_url(database_url, name)
+    finally:
+        drop_schema(database_url, name)
+
+
+def schema_url(database_url: str, name: str) -> str:
+    """The ledger URL that uses schema `name` of the database."""
+    separator = "&" if "?" in database_url else "?"
+    return f"{database_url}{separator}schema={name}"
+
+
+def create_schema(database_url: str, name: str, *, exist_ok: bool = False) -> None:
+    statement = "CREATE SCHEMA IF NOT EXISTS {}" if exist_ok else "CREATE SCHEMA {}"
     with psycopg.connect(
         database_url, autocommit=True, connect_timeout=postgres_connect_timeout_seconds
     ) as connection:
-        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    try:
-        separator = "&" if "?" in database_url else "?"
-        yield f"{database_url}{separator}schema={name}"
-    finally:
-        with psycopg.connect(
-            database_url, autocommit=True, connect_timeout=postgres_connect_timeout_seconds
-        ) as connection:
-            connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        connection.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+
+def drop_schema(database_url: str, name: str) -> None:
+    """Drops the schema and everything in it, if it exists."""
+    with psycopg.connect(
+        database_url, autocommit=True, connect_timeout=postgres_connect_timeout_seconds
+    ) as connection:
+        connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 def postgres_facts(database_url: str) -> dict[str, str]:
@@ -104,6 +119,35 @@ def snapshot_code(repository: Path, into: Path) -> str:
             if path.is_file():
                 digest.update(str(path.relative_to(into)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def commit_code(repository: Path, commit: str, into: Path) -> str:
+    """The packages a server imports as they are in `commit` (`git archive`, read-only), with
+    the working tree's load_tests/ beside them; returns the full commit id.
+
+    For figures of one commit (before and after a change) while the working tree moves on.
+    """
+    full = subprocess.run(
+        ["git", "-C", str(repository), "rev-parse", "--verify", f"{commit}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    server_packages = [package for package in snapshot_packages if package != "load_tests"]
+    archive = subprocess.run(
+        ["git", "-C", str(repository), "archive", "--format=tar", full, *server_packages],
+        capture_output=True,
+        check=True,
+    )
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    shutil.copytree(
+        repository / "load_tests",
+        into / "load_tests",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        dirs_exist_ok=True,
+    )
+    return full
 
 
 def ledger_command() -> list[str]:

@@ -39,6 +39,9 @@ _DDL = (
     " amount_minutes BIGINT NOT NULL, balance_minutes BIGINT NOT NULL, memo TEXT NOT NULL,"
     " category TEXT NOT NULL, service_date TEXT NOT NULL, recorded_at TEXT NOT NULL,"
     " position BIGINT NOT NULL, PRIMARY KEY (bank_id, account_id, seq))",
+    # A statement as of a position (AuditService) starts at the last entry up to it.
+    "CREATE INDEX IF NOT EXISTS view_statement_entries_by_position"
+    " ON view_statement_entries (bank_id, account_id, position, seq)",
     "CREATE TABLE IF NOT EXISTS view_open_holds ("
     " bank_id TEXT NOT NULL, transfer_id TEXT NOT NULL, payer_account_id TEXT NOT NULL,"
     " payee_account_id TEXT NOT NULL, amount_minutes BIGINT NOT NULL, memo TEXT NOT NULL,"
@@ -173,7 +176,7 @@ class _Batch:
                 accounts.setdefault(bank_uuid, set()).update(
                     (event.payer_account_id, event.payee_account_id)
                 )
-            elif name in ("AccountLimitsChanged", "AccountStatusChanged"):
+            elif name in ("AccountLimitsChanged", "AccountStatusChanged", "AccountMetadataChanged"):
                 accounts.setdefault(bank_uuid, set()).add(event.account_id)
             elif name in _RELEASES:
                 releases.setdefault(bank_uuid, set()).add(event.transfer_id)
@@ -393,6 +396,11 @@ class AccountsProjection:
         account = batch.account(batch.bank_id(event.bank_uuid), event.account_id)
         account.status = event.status
         account.position = event.version
+
+    def _on_AccountMetadataChanged(self, batch: _Batch, event: Any) -> None:  # noqa: N802
+        # The label and tags are the ledger's index's to show (issue 12); the summary only
+        # follows the account's position, as the Account message does.
+        batch.account(batch.bank_id(event.bank_uuid), event.account_id).position = event.version
 
     # ----------------------------------------------------------------- transfers
 

@@ -22,6 +22,8 @@ class LogEvent:
     type: str
     timestamp: datetime
     fields: Mapping[str, Any]
+    # The event's bytes exactly as stored and hashed (the audit projection checks them).
+    stored: bytes = b""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -32,7 +34,8 @@ class LogEvent:
 
 def log_event(notification_id: int, stored: bytes) -> LogEvent:
     """Read a stored event of the log (bytes the ledger wrote, so parsed without re-checking)."""
-    body = canonical.decode_trusted(bytes(stored))
+    data = bytes(stored)
+    body = canonical.decode_trusted(data)
     return LogEvent(
         notification_id=notification_id,
         bank_uuid=body["bank"],
@@ -40,4 +43,5 @@ def log_event(notification_id: int, stored: bytes) -> LogEvent:
         type=body["type"],
         timestamp=datetime.fromisoformat(body["timestamp"]),
         fields=body["fields"],
+        stored=data,
     )

@@ -3,6 +3,8 @@
     accounts   per-account summaries and statements (projections/accounts.py)
     reports    per-bank totals, zero-sum check, monthly and per-category figures
                (projections/reports.py)
+    audit      every invariant re-checked as the log grows, balance checkpoints for as-of
+               queries, signed checkpoints of the chain heads (projections/audit.py)
 
 `ProjectionSet` owns one ProjectionRunner per projection over one views database. In
 `serve` (LEDGER_PROJECTIONS=in-process) and in `timebank-ledger project` it follows the
@@ -21,15 +23,19 @@ from ledger import logs, metrics
 from ledger.config import ConfigError, Settings
 from ledger.storage.store import LedgerStore
 from projections.accounts import AccountsProjection
+from projections.audit import AuditProjection
 from projections.db import ViewDatabase, open_views
 from projections.reports import ReportsProjection
 from projections.runner import PositionMovedError, Projection, ProjectionRunner
 
 log = logging.getLogger(__name__)
 
-projection_factories: Mapping[str, Callable[[], Projection]] = {
-    "accounts": AccountsProjection,
-    "reports": ReportsProjection,
+# Each factory gets the store and the settings (the audit projection reads the store's
+# history and signs with the settings' key; the others need neither).
+projection_factories: Mapping[str, Callable[[LedgerStore, Settings | None], Projection]] = {
+    "accounts": lambda store, settings: AccountsProjection(),
+    "reports": lambda store, settings: ReportsProjection(),
+    "audit": AuditProjection.for_set,
 }
 projection_names = tuple(projection_factories)
 
@@ -43,11 +49,11 @@ retry_pause_seconds = 1.0
 stop_timeout_seconds = 30.0
 
 
-def make_projection(name: str) -> Projection:
+def make_projection(name: str, store: LedgerStore, settings: Settings | None = None) -> Projection:
     factory = projection_factories.get(name)
     if factory is None:
         raise ConfigError(f"no projection {name!r}; there are {', '.join(projection_names)}")
-    return factory()
+    return factory(store, settings)
 
 
 class ProjectionSet:
@@ -60,13 +66,15 @@ class ProjectionSet:
         names: Sequence[str] = projection_names,
         *,
         owns_views: bool = False,
+        settings: Settings | None = None,
     ) -> None:
         assert names, "a projection set needs at least one projection"
         self.store = store
         self.views = views
         self._owns_views = owns_views
         self._runners = {
-            name: ProjectionRunner(store, views, make_projection(name)) for name in names
+            name: ProjectionRunner(store, views, make_projection(name, store, settings))
+            for name in names
         }
         self._stop = threading.Event()
         # Set to make an idle follower look at the log now rather than at its next poll.
@@ -80,7 +88,7 @@ class ProjectionSet:
         """The set on the views database of settings (LEDGER_VIEWS_DATABASE_URL or the store's)."""
         views = open_views(settings.views_url)
         try:
-            return cls(store, views, names, owns_views=True)
+            return cls(store, views, names, owns_views=True, settings=settings)
         except BaseException:
             views.close()
             raise

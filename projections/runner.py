@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from ledger.domain.access import deployment_uuid
@@ -57,6 +57,24 @@ class Projection(Protocol):
     def apply(self, cursor: Cursor, events: Sequence[LogEvent]) -> None:
         """Apply events (in log order) inside the transaction."""
         ...
+
+
+@runtime_checkable
+class IdleWork(Protocol):
+    """A projection with work to do while the log is idle (it writes no view rows then)."""
+
+    def idle_work_due(self) -> bool: ...
+
+    def idle(self) -> None: ...
+
+
+@runtime_checkable
+class AfterCommit(Protocol):
+    """A projection with work for once a batch's transaction has committed (outside it: the
+    audit projection writes signed checkpoints to the store, which on SQLite shares the
+    views' file and its one write lock)."""
+
+    def committed(self) -> None: ...
 
 
 class PositionMovedError(Exception):
@@ -146,6 +164,7 @@ class ProjectionRunner:
         """Apply the next batch, if any; returns how many notifications it applied."""
         notifications = self._read_batch()
         if not notifications:
+            self._idle()
             return 0
         # The log also holds the deployment's own history (operator keys): no bank's.
         events = [
@@ -166,10 +185,19 @@ class ProjectionRunner:
                 )
             self.projection.apply(cursor, events)
             self._record_bank_versions(cursor, events)
+        if isinstance(self.projection, AfterCommit):
+            self.projection.committed()
         self._position = end
         with self._changed:
             self._changed.notify_all()
         return len(notifications)
+
+    def _idle(self) -> None:
+        """The log has nothing new: let a projection that has work for such times do it
+        (the audit projection signs checkpoints of heads that have waited long enough)."""
+        projection = self.projection
+        if isinstance(projection, IdleWork) and projection.idle_work_due():
+            projection.idle()
 
     def run_until_caught_up(self, time_limit_seconds: float = 300.0) -> int:
         """Apply batches until the log has nothing more (bounded in time); returns the count."""

@@ -87,7 +87,7 @@ def _postgres_unreachable() -> str:
         return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-def _require_postgres() -> None:
+def require_postgres() -> None:
     problem = _postgres_unreachable()
     if not problem:
         return
@@ -110,7 +110,7 @@ def _database(kind: str, tmp_path: Path, ledgers: list[Ledger]) -> Iterator[str]
     elif kind == "sqlite":
         yield f"sqlite:///{tmp_path.resolve() / 'ledger.sqlite3'}"
     else:
-        _require_postgres()
+        require_postgres()
         base = postgres_url()
         schema = f"test_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(base, autocommit=True) as connection:

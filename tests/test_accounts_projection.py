@@ -38,8 +38,8 @@ from ledger.domain.commands import (
     VoidPending,
 )
 from ledger.domain.errors import DomainError
-from ledger.domain.invariants import Report, TransferTotals, verify
 from ledger.domain.views import AccountView, BatchItemResult
+from ledger.verifier import Report, TransferTotals, verify
 from projections.accounts import AccountsProjection
 from projections.db import Row, ViewDatabase, open_views
 from projections.runner import ProjectionRunner
@@ -344,7 +344,7 @@ def second_phase(ledger: Ledger, bank_id: str, k: int) -> None:
     )
     results: list[BatchItemResult] = do(ledger, bank_id, refused_batch)
     assert [r.error.reason if r.error else "" for r in results] == [
-        "LINKED_TRANSFER_FAILED",
+        "LINKED_EVENT_FAILED",
         "EXCEEDS_LOWER_LIMIT",
     ]
     assert refused(ledger, bank_id, PostPending(request_id="x", transfer_id="b4")) == (

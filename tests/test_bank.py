@@ -55,9 +55,9 @@ from ledger.domain.errors import (
     PreconditionFailed,
 )
 from ledger.domain.holds import expire_due
-from ledger.domain.invariants import Reason, verify
 from ledger.domain.state import BankState
 from ledger.domain.views import AccountView, BankView, BatchItemResult, TransferView
+from ledger.verifier import Reason, verify
 
 T0 = START
 BANK = "riverside"
@@ -434,6 +434,7 @@ def test_change_limits_is_idempotent_per_request_id(bank: MemoryBank) -> None:
         "lower_limit_minutes": -300,
         "upper_limit_minutes": 100,
         "reason": "trusted member",
+        "update_mask": ["lower_limit_minutes", "upper_limit_minutes"],
     }
     # The same request again, from another caller, changes nothing.
     before = unchanged(bank)
@@ -452,6 +453,38 @@ def test_change_limits_is_idempotent_per_request_id(bank: MemoryBank) -> None:
     refused(bank, status("l1", "ann", "freeze"), IdConflict, "EXISTS_WITH_DIFFERENT_KIND")
     # Limits of an unknown account cannot change.
     refused(bank, set_limits("l2", "zed", 0), NotFound, "ACCOUNT_NOT_FOUND")
+
+
+def test_a_limits_change_sets_only_the_limits_its_mask_names(bank: MemoryBank) -> None:
+    run(bank, set_limits("l1", "ann", -300, 100))
+    # Only the cap: the lower limit stays, and the request is recorded as what it asked.
+    cap_only = ChangeLimits(
+        "l2", "ann", upper_limit_minutes=50, update_mask=("upper_limit_minutes",)
+    )
+    view = run(bank, cap_only)
+    assert (view.lower_limit_minutes, view.upper_limit_minutes) == (-300, 50)
+    assert bank.requests["l2"].content == {
+        "request_id": "l2",
+        "account_id": "ann",
+        "lower_limit_minutes": None,
+        "upper_limit_minutes": 50,
+        "reason": "",
+        "update_mask": ["upper_limit_minutes"],
+    }
+    # Its retry is answered, whatever it sends for the limit it does not name.
+    assert run(bank, dataclasses.replace(cap_only, lower_limit_minutes=-1)) == view
+    # The same id naming both limits is another request.
+    refused(
+        bank,
+        dataclasses.replace(cap_only, update_mask=("lower_limit_minutes", "upper_limit_minutes")),
+        IdConflict,
+        "EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES",
+    )
+    # A mask naming nothing, or a field that is not a limit, is bad input.
+    for mask, reason in [((), "NOTHING_TO_CHANGE"), (("balance",), "INVALID_UPDATE_MASK")]:
+        with pytest.raises(InvalidInput) as info:
+            dataclasses.replace(cap_only, request_id="l3", update_mask=mask).validate()
+        assert (info.value.reason, info.value.field) == (reason, "update_mask")
 
 
 def test_freeze_and_unfreeze(bank: MemoryBank) -> None:
@@ -887,11 +920,16 @@ def test_a_linked_batch_is_all_or_nothing(bank: MemoryBank) -> None:
     )
     before = unchanged(bank)
     results = run_batch(bank, *items, linked=True)
-    # The failing item carries its own reason, its neighbours LINKED_TRANSFER_FAILED.
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED"] * 2 + ["EXCEEDS_LOWER_LIMIT"]
+    # The failing item carries its own reason, its neighbours LINKED_EVENT_FAILED.
+    assert outcomes(results) == ["LINKED_EVENT_FAILED"] * 2 + ["EXCEEDS_LOWER_LIMIT"]
     assert all(result.transfer is None for result in results)
     assert results[0].error is not None
-    assert results[0].error.metadata == {"failed_index": "2"}
+    # Each neighbour names itself (the PreconditionFailure subject) and the item at fault.
+    assert results[0].error.metadata == {
+        "transfer_id": "b1",
+        "failed_index": "2",
+        "failed_transfer_id": "b3",
+    }
     # Nothing at all was recorded.
     assert unchanged(bank) == before
     # Without the failing item the batch is recorded whole, in order.
@@ -907,7 +945,7 @@ def test_a_linked_batch_is_all_or_nothing(bank: MemoryBank) -> None:
     # A linked batch with one item conflicting with a recorded one fails whole.
     conflicting = dataclasses.replace(items[0], amount_minutes=31)
     results = run_batch(bank, payment("b4", "ann", "cat", 1), conflicting, linked=True)
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED", "EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES"]
     assert unchanged(bank) == before
     # So does one naming an unknown or frozen account.
     run(bank, status("s1", "cat", "freeze"))
@@ -915,11 +953,11 @@ def test_a_linked_batch_is_all_or_nothing(bank: MemoryBank) -> None:
     results = run_batch(
         bank, payment("b4", "ann", "zed", 1), payment("b5", "ann", "cat", 1), linked=True
     )
-    assert outcomes(results) == ["ACCOUNT_NOT_FOUND", "LINKED_TRANSFER_FAILED"]
+    assert outcomes(results) == ["ACCOUNT_NOT_FOUND", "LINKED_EVENT_FAILED"]
     results = run_batch(
         bank, payment("b4", "ann", "bea", 1), payment("b5", "ann", "cat", 1), linked=True
     )
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "ACCOUNT_FROZEN"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED", "ACCOUNT_FROZEN"]
     assert unchanged(bank) == before
 
 
@@ -929,7 +967,7 @@ def test_a_linked_batch_checks_each_item_against_the_ones_before_it(bank: Memory
     results = run_batch(
         bank, payment("b1", "ann", "bea", 60), payment("b2", "ann", "cat", 60), linked=True
     )
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "EXCEEDS_LOWER_LIMIT"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED", "EXCEEDS_LOWER_LIMIT"]
     assert results[1].error is not None
     assert results[1].error.metadata["available_minutes"] == "40"
     assert unchanged(bank) == before
@@ -942,7 +980,7 @@ def test_a_linked_batch_checks_each_item_against_the_ones_before_it(bank: Memory
         payment("b2", "dan", "bea", 41),
         linked=True,
     )
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "EXCEEDS_UPPER_LIMIT"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED", "EXCEEDS_UPPER_LIMIT"]
     assert unchanged(bank) == before
     # Minutes received earlier in the batch can be passed on later in it...
     results = run_batch(
@@ -958,7 +996,7 @@ def test_a_linked_batch_checks_each_item_against_the_ones_before_it(bank: Memory
         payment("b4", "cat", "bea", 10),
         linked=True,
     )
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "EXCEEDS_LOWER_LIMIT"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED", "EXCEEDS_LOWER_LIMIT"]
     assert unchanged(bank) == before
 
 
@@ -972,13 +1010,17 @@ def test_a_linked_batch_refuses_a_duplicate_id(bank: MemoryBank) -> None:
         payment("b1", "ann", "bea", 1),
         linked=True,
     )
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED"] * 2 + ["DUPLICATE_ID_IN_BATCH"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED"] * 2 + ["DUPLICATE_ID_IN_BATCH"]
     error = results[2].error
     assert isinstance(error, InvalidInput)
     assert error.field == "transfer_id"
     # The neighbours say which item failed.
     assert results[0].error is not None
-    assert results[0].error.metadata == {"failed_index": "2"}
+    assert results[0].error.metadata == {
+        "transfer_id": "b1",
+        "failed_index": "2",
+        "failed_transfer_id": "b1",
+    }
     assert unchanged(bank) == before
 
 
@@ -1692,7 +1734,6 @@ def invalid_cases() -> list[Any]:
     cases += [
         pytest.param("open", {"kind": "admin"}, "kind", "INVALID_ACCOUNT_KIND", id="kind"),
         pytest.param("open", {"kind": ""}, "kind", "INVALID_ACCOUNT_KIND", id="kind"),
-        pytest.param("status", {"action": "delete"}, "action", "INVALID_ACTION", id="action"),
         pytest.param(
             "transfer",
             {"payee_account_id": "ann"},
@@ -1752,6 +1793,13 @@ def test_a_command_out_of_bounds_is_refused_naming_the_field(
     assert (info.value.reason, info.value.field) == (reason, field)
 
 
+def test_a_status_action_is_the_services_to_set() -> None:
+    # FreezeAccount, UnfreezeAccount and CloseAccount set the action; no caller sends one,
+    # so an unknown action is a programmer's error, not a reason a client can be sent.
+    with pytest.raises(AssertionError):
+        dataclasses.replace(VALID["status"], action="delete").validate()
+
+
 def test_batch_items_are_validated_one_by_one(bank: MemoryBank) -> None:
     # Ann may owe 100 and owes it all to Cat, who may owe nothing.
     pay(bank, "t1", "ann", "cat", 100)
@@ -1761,7 +1809,7 @@ def test_batch_items_are_validated_one_by_one(bank: MemoryBank) -> None:
     fine = payment("b2", "cat", "bea", 10)
     # In a linked batch the bad item fails the batch, with its own reason and field.
     results = run_batch(bank, fine, sneaky, linked=True)
-    assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "AMOUNT_NOT_POSITIVE"]
+    assert outcomes(results) == ["LINKED_EVENT_FAILED", "AMOUNT_NOT_POSITIVE"]
     error = results[1].error
     assert isinstance(error, InvalidInput)
     assert error.field == "amount_minutes"

@@ -12,7 +12,7 @@ step:
   pending minutes;
 - every stored event's hash is sha256(previous hash || its stored bytes), checked from the
   bytes alone, and the bytes are canonical JSON;
-- the independent verifier (ledger/domain/invariants.py), fed the same rows, finds nothing,
+- the independent verifier (ledger/verifier.py), fed the same rows, finds nothing,
   and recomputes the same balances.
 
 LEDGER_PROPERTY_PROFILE=deep runs many more and longer sequences (as tests/test_properties.py).
@@ -44,9 +44,9 @@ from ledger.domain.commands import (
     VoidPending,
 )
 from ledger.domain.errors import DomainError, InvalidInput
-from ledger.domain.invariants import Verifier
 from ledger.domain.state import BankState
 from ledger.domain.views import AccountView, BatchItemResult, TransferView
+from ledger.verifier import Verifier
 
 BANK = "props"
 # A small pool of accounts, so that commands keep meeting the same few (some never open).

@@ -356,9 +356,9 @@ def test_walkthrough(served: Served, operator: pb_grpc.LedgerServiceStub) -> Non
     )
     assert [result.WhichOneof("result") for result in linked.results] == ["error"] * 3
     assert [result.error.reason for result in linked.results] == [
-        "LINKED_TRANSFER_FAILED",
+        "LINKED_EVENT_FAILED",
         "EXCEEDS_LOWER_LIMIT",
-        "LINKED_TRANSFER_FAILED",
+        "LINKED_EVENT_FAILED",
     ]
     assert linked.results[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert linked.results[1].error.metadata["account_id"] == "ana"

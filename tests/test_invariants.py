@@ -24,8 +24,9 @@ from eventsourcing.persistence import StoredEvent as LibraryStoredEvent
 from stored_rows import Tables, stored_rows
 
 import ledger.domain.history  # noqa: F401  (registers every event type)
+from ledger import verifier as verifier_module
 from ledger.application.ledger import Ledger
-from ledger.domain import canonical, chain, events, invariants
+from ledger.domain import canonical, chain, events
 from ledger.domain.accounts import AccountLimitsChanged, AccountOpened, AccountStatusChanged
 from ledger.domain.bank import BankCreated, bank_uuid
 from ledger.domain.commands import (
@@ -43,8 +44,8 @@ from ledger.domain.commands import (
 from ledger.domain.errors import DomainError
 from ledger.domain.events import Event
 from ledger.domain.holds import PendingExpired, PendingPosted, PendingVoided
-from ledger.domain.invariants import Reason, RecordedEvent, Report, Verifier, Violation, verify
 from ledger.domain.transfers import TransferReversed, TransfersCreated
+from ledger.verifier import Reason, RecordedEvent, Report, Verifier, Violation, verify
 
 Row = tuple[bytes, str]
 T0 = START
@@ -535,7 +536,7 @@ def test_a_hash_that_is_not_a_hash_is_a_broken_chain(rows: list[Row], chain_hash
 
 
 def test_violations_kept_are_bounded(rows: list[Row], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(invariants, "violations_kept_max", 3)
+    monkeypatch.setattr(verifier_module, "violations_kept_max", 3)
     verifier = Verifier()
     verifier.feed_stored(*rows[0])
 
@@ -653,6 +654,7 @@ class History:
                 account_id=account_id,
                 lower_limit_minutes=lower,
                 upper_limit_minutes=upper,
+                update_mask=["lower_limit_minutes", "upper_limit_minutes"],
                 reason="",
                 actor="",
                 actor_label="",

@@ -46,9 +46,9 @@ from ledger.domain.errors import (
     WriteConflict,
 )
 from ledger.domain.holds import PendingPosted, PendingVoided
-from ledger.domain.invariants import verify
 from ledger.domain.transfers import TransfersCreated
 from ledger.domain.views import AccountView, BankView, BatchItemResult, TransferView
+from ledger.verifier import verify
 
 BANK = "riverside"
 # How long a test waits for something the writer will do promptly; never reached when passing.
@@ -272,7 +272,7 @@ class TestLedgerOnEveryStore:
                 linked=True,
             ),
         )
-        assert outcomes(results) == ["LINKED_TRANSFER_FAILED", "EXCEEDS_LOWER_LIMIT"]
+        assert outcomes(results) == ["LINKED_EVENT_FAILED", "EXCEEDS_LOWER_LIMIT"]
         # Bea's limit is tightened and she is frozen for a while, then unfrozen.
         ledger.execute(
             BANK,

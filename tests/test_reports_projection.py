@@ -270,7 +270,7 @@ class Book:
             updated_at=self.updated_at,
             accounts=tuple(
                 AccountCounts(kind, *(statuses[(kind, s)] for s in ("open", "frozen", "closed")))
-                for kind in ("member", "pool", "system")
+                for kind in ("member", "organisation", "pool", "system")
             ),
             immediate_transfers=counts["immediate"],
             pending_transfers=counts["pending"],
@@ -451,8 +451,9 @@ def test_reports_agree_with_the_commands(
     # The same figures worked out by hand, so the book itself is checked too.
     totals = bank_totals(views, BANK)
     assert totals is not None
-    assert totals.accounts[:2] == (
+    assert totals.accounts[:3] == (
         AccountCounts("member", open=4, frozen=1, closed=1),
+        AccountCounts("organisation", open=0, frozen=0, closed=0),
         AccountCounts("pool", open=1, frozen=0, closed=0),
     )
     assert totals.accounts_total == 7

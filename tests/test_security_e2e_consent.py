@@ -278,9 +278,9 @@ def test_each_batch_item_needs_its_payers_consent(riverside: Riverside) -> None:
         timeout=call_timeout_seconds,
     ).results
     assert [result.error.reason for result in results] == [
-        "LINKED_TRANSFER_FAILED",
+        "LINKED_EVENT_FAILED",
         "MEMBER_TOKEN_REQUIRED",
-        "LINKED_TRANSFER_FAILED",
+        "LINKED_EVENT_FAILED",
     ]
     assert riverside.books() == before
 

@@ -14,6 +14,7 @@ from ledger.service import discovery
 ledger = "/timebank.ledger.v1.LedgerService/"
 views = "/timebank.ledger.v1.LedgerViewService/"
 access = "/timebank.ledger.v1.AccessService/"
+audit = "/timebank.ledger.v1.AuditService/"
 
 reads = {
     f"{ledger}GetBank",
@@ -21,6 +22,7 @@ reads = {
     f"{ledger}ListAccounts",
     f"{ledger}GetTransfer",
     f"{ledger}ListAccountTransfers",
+    f"{ledger}ListPendingTransfers",
     f"{views}GetAccountSummary",
     f"{views}ListStatementEntries",
     f"{views}GetBankReport",
@@ -31,7 +33,11 @@ front_end_writes = {
     f"{ledger}CreateTransfers",
     f"{ledger}PostPendingTransfer",
     f"{ledger}VoidPendingTransfer",
+    f"{ledger}ChangeAccountMetadata",
 }
+# A bank's whole transfer list: its coordinators and auditors, not its front-end (member
+# consent is per member, on the member-scoped lists).
+coordinator_reads = {f"{ledger}ListTransfers"}
 admin_only = {
     f"{ledger}ChangeAccountLimits",
     f"{ledger}FreezeAccount",
@@ -46,6 +52,17 @@ admin_only = {
 key_management = {f"{access}IssueApiKey", f"{access}RevokeApiKey", f"{access}ListApiKeys"}
 # Reads of the bank's access set-up: its admins and auditors.
 access_reads = {f"{access}ListMemberTokenKeys"}
+# The auditor's reads: the whole history, as-of balances and statements, checkpoints.
+audit_reads = {
+    f"{audit}StreamEvents",
+    f"{audit}GetBalancesAsOf",
+    f"{audit}ListStatementEntriesAsOf",
+    f"{audit}GetCheckpoint",
+    f"{audit}ListCheckpoints",
+    f"{audit}ListCheckpointKeys",
+}
+# What a front-end may follow: live events only (the servicer narrows it to `follow`).
+live_events = {f"{audit}StreamEvents"}
 
 
 def test_every_method_of_every_generated_service_has_a_rule() -> None:
@@ -54,7 +71,8 @@ def test_every_method_of_every_generated_service_has_a_rule() -> None:
     assert f"{ledger}CreateBank" in methods
     assert f"{views}GetBankReport" in methods
     assert f"{access}IssueApiKey" in methods
-    assert len(methods) == 26
+    assert f"{audit}StreamEvents" in methods
+    assert len(methods) == 36
     assert methods_without_rule() == []
 
 
@@ -63,9 +81,9 @@ def test_a_method_missing_from_the_table_is_reported() -> None:
     table = {name: rule for name, rule in rules.items() if name != f"{ledger}ReverseTransfer"}
     assert methods_without_rule(table=MappingProxyType(table)) == [f"{ledger}ReverseTransfer"]
     assert rule_for(f"{ledger}ReverseTransfer", table) is None
-    # A service added later (say an AuditService) without rules is reported too.
-    added = [*policy.service_methods(), "/timebank.ledger.v1.AuditService/StreamEvents"]
-    assert methods_without_rule(added) == ["/timebank.ledger.v1.AuditService/StreamEvents"]
+    # A service added later (say a FederationService) without rules is reported too.
+    added = [*policy.service_methods(), "/timebank.ledger.v1.FederationService/Link"]
+    assert methods_without_rule(added) == ["/timebank.ledger.v1.FederationService/Link"]
 
 
 def test_unknown_methods_have_no_rule() -> None:
@@ -91,8 +109,9 @@ def test_health_and_both_reflection_versions_are_public() -> None:
 
 def test_the_operator_creates_banks_and_reads_no_bank_data() -> None:
     operator_methods = {name for name, rule in rules.items() if Role.OPERATOR in rule.roles}
-    # Banks, and the keys of banks: none of these reads or writes a bank's data.
-    assert operator_methods == {f"{ledger}CreateBank"} | key_management
+    # Banks (creating and listing them: ids and names only), and the keys of banks: none of
+    # these reads or writes a bank's data.
+    assert operator_methods == {f"{ledger}CreateBank", f"{ledger}ListBanks"} | key_management
     create_bank = rule_for(f"{ledger}CreateBank")
     assert create_bank == Rule(frozenset({Role.OPERATOR}), Scope.DEPLOYMENT)
 
@@ -104,10 +123,18 @@ def test_each_role_may_do_what_the_spec_says_on_its_own_bank() -> None:
         }
 
     assert allowed(Role.BANK_ADMIN) == (
-        reads | front_end_writes | admin_only | key_management | access_reads
+        reads
+        | front_end_writes
+        | admin_only
+        | key_management
+        | access_reads
+        | audit_reads
+        | coordinator_reads
     )
-    assert allowed(Role.MEMBER_APP) == reads | front_end_writes
-    assert allowed(Role.AUDITOR) == reads | access_reads
+    assert allowed(Role.MEMBER_APP) == reads | front_end_writes | live_events
+    assert allowed(Role.AUDITOR) == reads | access_reads | audit_reads | coordinator_reads
+    # Of the history, a front-end only follows live events.
+    assert policy.audit_follow_only_roles == {Role.MEMBER_APP}
     assert allowed(Role.FEDERATION_PEER) == set()
 
 

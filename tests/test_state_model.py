@@ -27,8 +27,9 @@ from ledger.domain import canonical
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import CreateBank, CreateTransfer, CreateTransfers, OpenAccount
 from ledger.domain.errors import IdConflict
-from ledger.domain.state import BankState
+from ledger.domain.state import SNAPSHOT_FORMAT, BankState
 from ledger.domain.views import TransferView
+from ledger.storage.store import Snapshot
 
 BANK = "riverside"
 WAIT_SECONDS = 10.0
@@ -115,6 +116,92 @@ def test_loading_reads_the_snapshot_and_the_events_after_it_only(
     replayed, _ = loading.replay_from_start(reader.store, uuid)
     assert loading.load_bank(reader.store, uuid) == replayed
     assert verify_bank(reader.store, BANK).ok
+
+
+def test_a_snapshot_this_code_cannot_read_costs_a_replay_not_the_bank(
+    durable_store_url: str, make_ledger: MakeLedger
+) -> None:
+    writer = make_ledger(durable_store_url, snapshot_interval_events=3)
+    names = start_bank(writer)
+    for n in range(6):
+        pay(writer, f"t{n}", names[n % 3], names[(n + 1) % 3], n + 1)
+    uuid = str(bank_uuid(BANK))
+    kept = writer.store.snapshot(uuid)
+    assert kept is not None
+    # A snapshot of an older format (format 1 had no creator, keys or member-token keys),
+    # kept as the latest (a later one is kept, an earlier one is not).
+    old = canonical.decode(kept.state)
+    for field in ("created_by", "api_keys", "member_token_keys", "member_tokens_required"):
+        del old[field]
+    old["format"] = 1
+    writer.store.save_snapshot(
+        uuid, kept.version + 1, kept.chain_head, canonical.encode(old), START_TIME
+    )
+    # A fresh process loads the bank by replaying its history, serves it, and replaces the
+    # snapshot it could not read with one it can.
+    reader = make_ledger(durable_store_url, snapshot_interval_events=3)
+    replayed, _ = loading.replay_from_start(reader.store, uuid)
+    assert loading.load_bank(reader.store, uuid) == replayed
+    pay(reader, "after", "m0", "m1", 5)
+    assert (
+        reader.get_account(BANK, "m0").balance_minutes
+        == replayed.accounts["m0"].balance_minutes - 5
+    )
+    # The snapshot is taken after the answer: wait for it.
+    wait_until(lambda: canonical.decode(_snapshot(reader, uuid).state)["format"] == SNAPSHOT_FORMAT)
+    # Taken when the bank was loaded (the replay counts as changes), at the head then.
+    assert _snapshot(reader, uuid).version == kept.version + 1
+    replayed_now, _ = loading.replay_from_start(reader.store, uuid)
+    renewed = BankState.from_snapshot(canonical.decode(_snapshot(reader, uuid).state))
+    assert renewed == replayed
+    assert loading.load_bank(reader.store, uuid) == replayed_now
+    assert verify_bank(reader.store, BANK).ok
+
+
+def _snapshot(ledger: Ledger, uuid: str) -> Snapshot:
+    found = ledger.store.snapshot(uuid)
+    assert found is not None
+    return found
+
+
+def test_loading_reads_the_log_in_pages_bounded_in_bytes(
+    durable_store_url: str, make_ledger: MakeLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No snapshot: 12 batches of 50 transfers, one event each, about 20 KB apiece.
+    writer = make_ledger(durable_store_url, snapshot_interval_events=10**9)
+    names = start_bank(writer)
+    for batch in range(12):
+        items = tuple(
+            CreateTransfer(
+                transfer_id=f"t{batch}-{n}",
+                payer_account_id=names[n % 3],
+                payee_account_id=names[(n + 1) % 3],
+                amount_minutes=1,
+                memo="x" * 200,
+            )
+            for n in range(50)
+        )
+        writer.execute(BANK, CreateTransfers(items=items))
+    uuid = str(bank_uuid(BANK))
+    sizes = [len(stored) for _, stored in writer.store.events_after(uuid, 0, 1000)]
+    limit_bytes = 3 * max(sizes)
+    monkeypatch.setattr(loading, "page_bytes_max", limit_bytes)
+    pages: list[int] = []
+    events_after = writer.store.events_after
+
+    def counted(bank: str, version: int, limit: int) -> list[tuple[int, bytes]]:
+        page = events_after(bank, version, limit)
+        pages.append(sum(len(stored) for _, stored in page))
+        return page
+
+    monkeypatch.setattr(writer.store, "events_after", counted)
+    state = loading.load_bank(writer.store, uuid)
+    assert state.version == len(sizes)
+    assert len(pages) > 3
+    assert all(page <= limit_bytes for page in pages)
+    monkeypatch.undo()
+    replayed, _ = loading.replay_from_start(writer.store, uuid)
+    assert state == replayed
 
 
 def test_a_snapshot_that_differs_from_the_history_is_reported_by_verify(

@@ -7,9 +7,11 @@ or not it holds the bank's writer.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from ledger.application import deployment, pages
+from ledger.application.listing import Listing
 from ledger.application.writer import Clock, Result
 from ledger.application.writers import Writers
 from ledger.config import Settings
@@ -38,6 +40,8 @@ class Ledger:
         except BaseException:
             self.store.close()
             raise
+        # The lists an app pages through (issue 12): accounts, transfers, inbox, banks.
+        self.lists = Listing(self.store, self.get_bank)
 
     # ----------------------------------------------------------------- writes
 
@@ -65,25 +69,26 @@ class Ledger:
     def get_account(self, bank_id: str, account_id: str) -> AccountView:
         check_id("bank_id", bank_id)
         check_id("account_id", account_id)
-        view = self.store.account(str(bank_uuid(bank_id)), account_id)
+        view = self.lists.account(bank_id, account_id)
         if view is None:
             self.get_bank(bank_id)
             raise _account_not_found(account_id)
         return view
 
+    def with_metadata(self, bank_id: str, view: AccountView) -> AccountView:
+        """A written account's view with its label and tags (kept in the index, not in the
+        writer's state), as committed."""
+        found = self.lists.account(bank_id, view.account_id)
+        if found is None:
+            return view
+        return dataclasses.replace(view, label=found.label, tags=found.tags)
+
     def list_accounts(
         self, bank_id: str, page_size: int, page_token: str
     ) -> tuple[list[AccountView], str]:
-        """Accounts in the order they were opened."""
-        check_id("bank_id", bank_id)
-        size = pages.page_size(page_size)
-        after = pages.decode_token("a", page_token) or 0
-        if after > self.get_bank(bank_id).account_count:
-            raise pages.bad_token()  # no page of this list ends past its end
-        found = self.store.accounts_page(str(bank_uuid(bank_id)), after, size + 1)
-        views = [view for _, view in found[:size]]
-        more = len(found) > size
-        return views, pages.encode_token("a", found[size - 1][0]) if more else ""
+        """Accounts in the order they were opened (Listing.accounts has the filters)."""
+        page = self.lists.accounts(bank_id, page_size, page_token)
+        return page.items, page.next_page_token
 
     def get_transfer(self, bank_id: str, transfer_id: str) -> TransferView:
         check_id("bank_id", bank_id)
@@ -102,20 +107,9 @@ class Ledger:
     def list_account_transfers(
         self, bank_id: str, account_id: str, page_size: int, page_token: str
     ) -> tuple[list[TransferView], str]:
-        """An account's transfers, newest first."""
-        check_id("bank_id", bank_id)
-        check_id("account_id", account_id)
-        size = pages.page_size(page_size)
-        before = pages.decode_token("t", page_token)
-        self.get_account(bank_id, account_id)
-        if before is not None and before > self.get_bank(bank_id).transfer_count:
-            raise pages.bad_token()  # no page of this list ends past its end
-        found = self.store.account_transfers_page(
-            str(bank_uuid(bank_id)), account_id, before, size + 1
-        )
-        views = [view for _, view in found[:size]]
-        more = len(found) > size
-        return views, pages.encode_token("t", found[size - 1][0]) if more else ""
+        """An account's transfers, newest first (Listing.account_transfers has the filters)."""
+        page = self.lists.account_transfers(bank_id, account_id, page_size, page_token)
+        return page.items, page.next_page_token
 
     def check_statement_reader(
         self, bank_id: str, account_id: str, *, via_front_end: bool, member_subject: str | None

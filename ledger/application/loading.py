@@ -16,19 +16,34 @@ from ledger.domain import canonical, chain, history
 from ledger.domain.batch import Batch
 from ledger.domain.errors import HistoryDamaged
 from ledger.domain.records import RecordBook
-from ledger.domain.state import BankState
+from ledger.domain.state import BankState, SnapshotUnreadable
 from ledger.storage.store import LedgerStore, events_per_read_max
 
 log = logging.getLogger(__name__)
+
+# Reads of the log while loading, verifying or replaying a bank stay near this size.
+page_bytes_max = 16 * 1024 * 1024
 
 
 def load_bank(store: LedgerStore, bank_uuid: str) -> BankState:
     """The bank's state as committed (version 0 if the bank does not exist)."""
     snapshot = store.snapshot(bank_uuid)
-    if snapshot is None:
-        state = BankState(bank_uuid=bank_uuid)
-    else:
-        state = BankState.from_snapshot(canonical.decode_trusted(snapshot.state))
+    state = BankState(bank_uuid=bank_uuid)
+    if snapshot is not None:
+        try:
+            state = BankState.from_snapshot(canonical.decode_trusted(snapshot.state))
+        except SnapshotUnreadable as error:
+            # A snapshot is a cache of the history: one this code cannot read (an older
+            # format) costs a replay from the first event, not the bank. The replayed
+            # changes count towards the next snapshot, which replaces it.
+            log.warning(
+                "snapshot_unreadable bank_uuid=%s version=%s why=%s; replaying the history",
+                bank_uuid,
+                snapshot.version,
+                error,
+            )
+            catch_up(store, state)
+            return state
         if (state.bank_uuid, state.version, state.chain_head) != (
             bank_uuid,
             snapshot.version,
@@ -39,13 +54,31 @@ def load_bank(store: LedgerStore, bank_uuid: str) -> BankState:
     return state
 
 
+def _pages(store: LedgerStore, bank_uuid: str, version: int) -> Iterator[list[tuple[int, bytes]]]:
+    """The events after `version` in pages of at most `page_bytes_max` (or one event).
+
+    One event can hold a whole batch (hundreds of KB), so a page bounded by a count alone
+    could be hundreds of MB: each page's count is chosen from the events' stored sizes,
+    which the store reads without their bytes.
+    """
+    while True:
+        sizes = store.event_sizes_after(bank_uuid, version, events_per_read_max)
+        count = total_bytes = 0
+        for size in sizes:
+            if count and total_bytes + size > page_bytes_max:
+                break
+            count, total_bytes = count + 1, total_bytes + size
+        page = store.events_after(bank_uuid, version, count) if count else []
+        if not page:
+            return
+        yield page
+        version = page[-1][0]
+
+
 def catch_up(store: LedgerStore, state: BankState) -> int:
     """Apply the committed events after the state's version; returns how many."""
     applied = 0
-    while True:
-        page = store.events_after(state.bank_uuid, state.version, events_per_read_max)
-        if not page:
-            return applied
+    for page in _pages(store, state.bank_uuid, state.version):
         hashes = store.chain_hashes(state.bank_uuid, state.version, page[-1][0])
         batch = Batch(state, None, None)
         head = state.chain_head
@@ -64,8 +97,7 @@ def catch_up(store: LedgerStore, state: BankState) -> int:
             batch.replay(version, decoded.timestamp, decoded.event)
         batch.commit(head)
         applied += len(page)
-        if len(page) < events_per_read_max:
-            return applied
+    return applied
 
 
 def _damaged(bank_uuid: str, version: int, why: str) -> HistoryDamaged:
@@ -81,15 +113,10 @@ def _damaged(bank_uuid: str, version: int, why: str) -> HistoryDamaged:
 def stored_rows(store: LedgerStore, bank_uuid: str) -> Iterator[tuple[int, bytes, str]]:
     """(version, stored bytes, chain hash kept for it) of every event of a bank, in order,
     read in bounded pages (a hash missing from ledger_chain comes back as "")."""
-    version = 0
-    while True:
-        page = store.events_after(bank_uuid, version, events_per_read_max)
-        if not page:
-            return
-        hashes = store.chain_hashes(bank_uuid, version, page[-1][0])
+    for page in _pages(store, bank_uuid, 0):
+        hashes = store.chain_hashes(bank_uuid, page[0][0] - 1, page[-1][0])
         for event_version, stored in page:
             yield event_version, stored, hashes.get(event_version, "")
-        version = page[-1][0]
 
 
 def replay_from_start(store: LedgerStore, bank_uuid: str) -> tuple[BankState, RecordBook]:

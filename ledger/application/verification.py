@@ -1,23 +1,29 @@
 """Verifying a bank in the store: its whole history from event 1, its snapshot and its index.
 
-The history is checked by the independent verifier (ledger/domain/invariants.py) from the
+The history is checked by the independent verifier (ledger/verifier.py) from the
 stored bytes and chain hashes alone: canonical form, the hash chain, versions, timestamps
-and every invariant. The snapshot a bank loads from must equal the state replayed up to its
+and every invariant, and against the signed checkpoints the store keeps and any chain head
+the auditor saved. The snapshot a bank loads from must equal the state replayed up to its
 position, and the bank's row in the index must name the history's last position and head.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.application import loading
 from ledger.domain import canonical, history
 from ledger.domain.bank import bank_uuid
-from ledger.domain.invariants import Report, Verifier
 from ledger.domain.state import BankState
 from ledger.storage.store import LedgerStore
+from ledger.verifier import Checkpoint, Report, Verifier
+
+# Signed checkpoints read from the store per query.
+checkpoints_per_read = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +40,30 @@ class BankCheck:
     @property
     def balances_digest(self) -> str:
         """sha256 of the balances as canonical JSON: two parties compare one short string."""
-        return hashlib.sha256(canonical.encode(dict(self.report.balances))).hexdigest()
+        return self.report.balances_digest
 
 
-def verify_bank(store: LedgerStore, bank_id: str) -> BankCheck:
+def verify_bank(
+    store: LedgerStore,
+    bank_id: str,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    expected_heads: Sequence[tuple[int, str]] = (),
+) -> BankCheck:
+    """Check a bank's history in the store, with its signed checkpoints (signatures checked
+    against `public_keys`, if any) and the chain heads an auditor saved earlier."""
     uuid = str(bank_uuid(bank_id))
-    verifier = Verifier(uuid)
+    verifier = Verifier(uuid, public_keys=public_keys)
+    after = 0
+    while page := store.checkpoints_page(uuid, after, checkpoints_per_read):
+        for checkpoint in page:
+            verifier.add_checkpoint(Checkpoint(checkpoint.payload, checkpoint.signature))
+        after = page[-1].position
+    for position, chain_head in expected_heads:
+        verifier.expect_head(position, chain_head)
     for _, stored, chain_hash in loading.stored_rows(store, uuid):
         verifier.feed_stored(stored, chain_hash)
+    verifier.finish()
     report = verifier.report()
     problems = []
     snapshot = store.snapshot(uuid)

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.domain.batch import Batch
-from ledger.domain.commands import ChangeLimits, ChangeStatus, OpenAccount
+from ledger.domain.commands import (
+    ChangeLimits,
+    ChangeStatus,
+    OpenAccount,
+    limits_change_content,
+)
 from ledger.domain.errors import NotFound, PreconditionFailed
 from ledger.domain.events import Event, event_type
 from ledger.domain.idempotency import check_retry, earlier_request
@@ -124,13 +129,24 @@ def change_limits(batch: Batch, command: ChangeLimits) -> AccountView:
     if earlier is not None:
         return account.view()
     check_not_closed(account)
-    # Lowering a limit below the current balance is allowed: it only blocks further debits.
+    # Only the limits the update mask names change (AIP-134); the event holds both limits as
+    # they are after it. Lowering a limit below the balance is allowed: it only blocks debits.
+    mask = command.update_mask
     batch.record(
         AccountLimitsChanged(
             request_id=command.request_id,
             account_id=command.account_id,
-            lower_limit_minutes=command.lower_limit_minutes,
-            upper_limit_minutes=command.upper_limit_minutes,
+            lower_limit_minutes=(
+                command.lower_limit_minutes
+                if "lower_limit_minutes" in mask
+                else account.lower_limit_minutes
+            ),
+            upper_limit_minutes=(
+                command.upper_limit_minutes
+                if "upper_limit_minutes" in mask
+                else account.upper_limit_minutes
+            ),
+            update_mask=list(mask),
             reason=command.reason,
             actor=command.actor,
             actor_label=command.actor_label,
@@ -142,11 +158,14 @@ def change_limits(batch: Batch, command: ChangeLimits) -> AccountView:
 @event_type
 @dataclass(frozen=True, slots=True)
 class AccountLimitsChanged(Event):
+    """The account's limits after the change; `update_mask` names the ones it set."""
+
     TYPE = "AccountLimitsChanged"
     request_id: str
     account_id: str
     lower_limit_minutes: int
     upper_limit_minutes: int | None
+    update_mask: list[str]
     reason: str
     actor: str
     actor_label: str
@@ -157,13 +176,14 @@ class AccountLimitsChanged(Event):
         account.upper_limit_minutes = self.upper_limit_minutes
         account.touch(timestamp, version)
         if batch.records is not None:
-            content = {
-                "request_id": self.request_id,
-                "account_id": self.account_id,
-                "lower_limit_minutes": self.lower_limit_minutes,
-                "upper_limit_minutes": self.upper_limit_minutes,
-                "reason": self.reason,
-            }
+            content = limits_change_content(
+                self.request_id,
+                self.account_id,
+                self.update_mask,
+                self.lower_limit_minutes,
+                self.upper_limit_minutes,
+                self.reason,
+            )
             batch.records.add_request(
                 RequestRecord(self.request_id, "ChangeLimits", content, version)
             )

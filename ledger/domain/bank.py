@@ -1,9 +1,9 @@
 """A time bank: its creation, and the one entry point that runs any command on a batch.
 
 The rules live in small modules, one concern each: accounts.py (opening, limits, status),
-transfers.py (new transfers, batches, reversals), holds.py (post, void, expire),
-idempotency.py (retries of client-chosen ids), access.py (keys and policy) and consent.py
-(member tokens). This module only creates banks and sends each
+metadata.py (labels and tags), transfers.py (new transfers, batches, reversals), holds.py
+(post, void, expire), idempotency.py (retries of client-chosen ids), access.py (keys and
+policy) and consent.py (member tokens). This module only creates banks and sends each
 command to its module. Every command checks everything before it records an event, so a
 refused command changes nothing.
 """
@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from ledger.domain import access, accounts, holds, transfers
+from ledger.domain import access, accounts, holds, metadata, transfers
 from ledger.domain.batch import Batch
 from ledger.domain.commands import (
+    ChangeAccountMetadata,
     ChangeLimits,
     ChangeStatus,
     Command,
@@ -103,6 +104,7 @@ _HANDLERS: dict[type[Command], Callable[[Batch, Any], Result]] = {
     CreateBank: create_bank,
     OpenAccount: accounts.open_account,
     ChangeLimits: accounts.change_limits,
+    ChangeAccountMetadata: metadata.change_metadata,
     ChangeStatus: accounts.change_status,
     CreateTransfer: transfers.create_transfer,
     CreateTransfers: transfers.create_transfers,
@@ -149,6 +151,8 @@ def referenced_ids(commands: Iterable[Command]) -> tuple[set[str], set[str]]:
         elif isinstance(command, PostPending | VoidPending):
             transfer_ids.add(command.transfer_id)
             request_ids.add(command.request_id)
-        elif isinstance(command, ChangeLimits | ChangeStatus | SetBankPolicy):
+        elif isinstance(
+            command, ChangeLimits | ChangeStatus | SetBankPolicy | ChangeAccountMetadata
+        ):
             request_ids.add(command.request_id)
     return transfer_ids, request_ids

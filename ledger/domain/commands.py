@@ -14,7 +14,7 @@ from typing import Any
 from ledger.domain import limits
 from ledger.domain.errors import InvalidInput
 
-ACCOUNT_KINDS = ("member", "pool", "system")
+ACCOUNT_KINDS = ("member", "organisation", "pool", "system")
 # The roles an API key of one bank can have (operator keys belong to the deployment).
 BANK_KEY_ROLES = ("bank-admin", "member-app", "auditor", "federation-peer")
 KEY_ROLES = ("operator", *BANK_KEY_ROLES)
@@ -170,13 +170,38 @@ class OpenAccount(Command):
         check_actor(self.actor, self.actor_label)
 
 
+LIMIT_FIELDS = ("lower_limit_minutes", "upper_limit_minutes")
+
+
+def check_update_mask(update_mask: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """An update mask (AIP-134) names some of `names`, each once, in their order."""
+    if not update_mask:
+        raise InvalidInput(
+            "NOTHING_TO_CHANGE",
+            f"the request changes nothing: name one of {', '.join(names)} in update_mask",
+            field="update_mask",
+        )
+    if any(name not in names for name in update_mask) or update_mask != tuple(
+        name for name in names if name in update_mask
+    ):
+        raise InvalidInput(
+            "INVALID_UPDATE_MASK",
+            f"update_mask may name only {', '.join(names)} (or *), each once",
+            field="update_mask",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeLimits(Command):
+    """Sets the limits named in `update_mask` (AIP-134); a limit not named keeps its value
+    (and its field here is ignored). By default both are set: upper None means no cap."""
+
     request_id: str
     account_id: str
-    lower_limit_minutes: int
+    lower_limit_minutes: int = 0
     upper_limit_minutes: int | None = None
     reason: str = ""
+    update_mask: tuple[str, ...] = LIMIT_FIELDS
     actor: str = ""
     actor_label: str = ""
     id_field = "request_id"
@@ -184,9 +209,112 @@ class ChangeLimits(Command):
     def validate(self) -> None:
         check_id("request_id", self.request_id)
         check_id("account_id", self.account_id)
-        check_limits(self.lower_limit_minutes, self.upper_limit_minutes)
+        check_update_mask(self.update_mask, LIMIT_FIELDS)
+        check_limits(
+            self.lower_limit_minutes if "lower_limit_minutes" in self.update_mask else 0,
+            self.upper_limit_minutes if "upper_limit_minutes" in self.update_mask else None,
+        )
         check_text("reason", self.reason, limits.reason_length_max)
         check_actor(self.actor, self.actor_label)
+
+    def content(self) -> dict[str, Any]:
+        """What a retry must repeat: the limits it sets (those not named are None)."""
+        return limits_change_content(
+            self.request_id,
+            self.account_id,
+            self.update_mask,
+            self.lower_limit_minutes,
+            self.upper_limit_minutes,
+            self.reason,
+        )
+
+
+def limits_change_content(
+    request_id: str,
+    account_id: str,
+    update_mask: tuple[str, ...] | list[str],
+    lower_limit_minutes: int,
+    upper_limit_minutes: int | None,
+    reason: str,
+) -> dict[str, Any]:
+    """The idempotency content of a limits change, from the command or from its event."""
+    return {
+        "request_id": request_id,
+        "account_id": account_id,
+        "lower_limit_minutes": (
+            lower_limit_minutes if "lower_limit_minutes" in update_mask else None
+        ),
+        "upper_limit_minutes": (
+            upper_limit_minutes if "upper_limit_minutes" in update_mask else None
+        ),
+        "reason": reason,
+        "update_mask": list(update_mask),
+    }
+
+
+METADATA_FIELDS = ("label", "tags")
+_tag_key_re = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeAccountMetadata(Command):
+    """Sets an account's display label and/or its tags (each replaced whole). None: not
+    changed. Tags are (key, value) pairs, one per key. No personal data: see the README."""
+
+    request_id: str
+    account_id: str
+    label: str | None = None
+    tags: tuple[tuple[str, str], ...] | None = None
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("account_id", self.account_id)
+        if self.label is None and self.tags is None:
+            check_update_mask((), METADATA_FIELDS)
+        if self.label is not None:
+            check_text("label", self.label, limits.account_label_length_max)
+        if self.tags is not None:
+            check_tags(self.tags)
+        check_actor(self.actor, self.actor_label)
+
+    def content(self) -> dict[str, Any]:
+        return metadata_change_content(self.request_id, self.account_id, self.label, self.tags)
+
+
+def metadata_change_content(
+    request_id: str,
+    account_id: str,
+    label: str | None,
+    tags: tuple[tuple[str, str], ...] | dict[str, str] | None,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "account_id": account_id,
+        "label": label,
+        "tags": None if tags is None else dict(tags),
+    }
+
+
+def check_tags(tags: tuple[tuple[str, str], ...]) -> None:
+    if len(tags) > limits.account_tags_max:
+        raise InvalidInput(
+            "TOO_MANY_TAGS",
+            f"an account has at most {limits.account_tags_max} tags",
+            field="tags",
+        )
+    for key, value in tags:
+        if not key or len(key) > limits.account_tag_key_length_max or not _tag_key_re.match(key):
+            raise InvalidInput(
+                "INVALID_TAG_KEY",
+                f"a tag key is 1 to {limits.account_tag_key_length_max} characters from a-z,"
+                " 0-9 and . _ -, starting with a letter or digit",
+                field="tags",
+                metadata={"tag": key[: limits.account_tag_key_length_max]},
+            )
+        check_text("tags", value, limits.account_tag_value_length_max)
 
 
 STATUS_ACTIONS = ("freeze", "unfreeze", "close")
@@ -205,12 +333,8 @@ class ChangeStatus(Command):
     def validate(self) -> None:
         check_id("request_id", self.request_id)
         check_id("account_id", self.account_id)
-        if self.action not in STATUS_ACTIONS:
-            raise InvalidInput(
-                "INVALID_ACTION",
-                f"action must be one of {', '.join(STATUS_ACTIONS)}",
-                field="action",
-            )
+        # Set by the service from the RPC called (FreezeAccount, ...), never by a caller.
+        assert self.action in STATUS_ACTIONS, f"unknown status action {self.action!r}"
         check_text("reason", self.reason, limits.reason_length_max)
         check_actor(self.actor, self.actor_label)
 
@@ -435,6 +559,7 @@ class SetBankPolicy(Command):
 BankCommand = (
     OpenAccount
     | ChangeLimits
+    | ChangeAccountMetadata
     | ChangeStatus
     | CreateTransfer
     | CreateTransfers

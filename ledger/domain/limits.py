@@ -33,3 +33,18 @@ member_token_keys_per_bank_max = 8  # room for rotation: old and new keys side b
 member_token_kid_length_max = 128
 member_token_key_pem_length_max = 4096
 member_token_algorithms = ("EdDSA", "ES256")
+
+# Account metadata (issue 12): a display label and a few key/value tags chosen by the bank.
+# Personal data has no place here: the history is immutable (see README, "Account metadata").
+account_label_length_max = 128
+account_tags_max = 16
+account_tag_key_length_max = 32
+account_tag_value_length_max = 256
+
+# Lists (issue 12). A filter an index does not answer on its own is checked row by row, on
+# at most this many rows of the index per page: a page may then hold fewer items than asked
+# (even none) and still have a next page. Bounds the cost of a page whatever the history.
+list_rows_scanned_per_page_max = 500
+# total_size is given when the list's own index holds at most this many entries (counted
+# with a bounded scan), or when a kept count answers it (a bank's accounts and transfers).
+list_total_size_counted_max = 1_000

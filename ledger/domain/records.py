@@ -101,6 +101,16 @@ class RequestRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountMetadataRecord:
+    """A change of an account's metadata as the index applies it: None leaves it as it is."""
+
+    account_id: str
+    label: str | None
+    tags: Mapping[str, str] | None
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     """An API key as the index keeps it, to authenticate calls: only the secret's hash."""
 
@@ -143,6 +153,8 @@ class RecordBook:
         self.new_requests: dict[str, RequestRecord] = {}
         self.new_api_keys: list[ApiKeyRecord] = []
         self.revoked_api_keys: list[ApiKeyRevocation] = []
+        # Account metadata changes, in the order recorded (metadata is not decision state).
+        self.metadata_changes: list[AccountMetadataRecord] = []
 
     def prefetch(self, transfer_ids: Iterable[str], request_ids: Iterable[str]) -> None:
         """Look up many ids at once (one query each), before the batch runs."""

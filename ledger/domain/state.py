@@ -17,7 +17,12 @@ from typing import Any
 from ledger.domain import chain
 from ledger.domain.views import AccountView, BankView
 
-SNAPSHOT_FORMAT = 1
+# 2: with the bank's creator, API keys and member-token keys (security).
+SNAPSHOT_FORMAT = 2
+
+
+class SnapshotUnreadable(ValueError):
+    """A snapshot of another format, or missing what this format has: replay instead."""
 
 
 @dataclass(slots=True)
@@ -187,7 +192,15 @@ class BankState:
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> BankState:
-        assert data["format"] == SNAPSHOT_FORMAT, f"unknown snapshot format {data['format']}"
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise SnapshotUnreadable(f"snapshot format {data.get('format')!r}")
+        try:
+            return cls._from_snapshot(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise SnapshotUnreadable(f"snapshot lacks or mistypes {error}") from error
+
+    @classmethod
+    def _from_snapshot(cls, data: dict[str, Any]) -> BankState:
         accounts = [_account_of(item) for item in data["accounts"]]
         holds = [_hold_of(item) for item in data["holds"]]
         state = cls(

@@ -97,22 +97,35 @@ def _create_linked(batch: Batch, items: tuple[CreateTransfer, ...]) -> list[Batc
                 _check_transfer(batch, item, overlay)
             earlier.append(found)
         except DomainError as error:
-            return _linked_failure(len(items), index, error)
+            return _linked_failure(items, index, error)
     return [
         BatchItemResult(found or _record_new(batch, item), None)
         for item, found in zip(items, earlier, strict=True)
     ]
 
 
-def _linked_failure(count: int, failed_index: int, error: DomainError) -> list[BatchItemResult]:
-    linked_error = PreconditionFailed(
-        "LINKED_TRANSFER_FAILED",
-        f"not recorded: item {failed_index} of this linked batch was refused",
-        metadata={"failed_index": str(failed_index)},
-    )
+def _linked_failure(
+    items: tuple[CreateTransfer, ...], failed_index: int, error: DomainError
+) -> list[BatchItemResult]:
+    """The refused item keeps its own error; every other item fails with LINKED_EVENT_FAILED
+    (TigerBeetle's name, as the proto documents it), naming itself and the item at fault."""
     return [
-        BatchItemResult(None, error if index == failed_index else linked_error)
-        for index in range(count)
+        BatchItemResult(
+            None,
+            error
+            if index == failed_index
+            else PreconditionFailed(
+                "LINKED_EVENT_FAILED",
+                f"transfer {item.transfer_id!r} not recorded: item {failed_index} of this"
+                " linked batch was refused",
+                metadata={
+                    "transfer_id": item.transfer_id,
+                    "failed_index": str(failed_index),
+                    "failed_transfer_id": items[failed_index].transfer_id,
+                },
+            ),
+        )
+        for index, item in enumerate(items)
     ]
 
 

@@ -44,6 +44,9 @@ class AccountView:
     updated_at: datetime
     # Position (event number in the bank's history) of the last change to this account.
     position: int
+    # Metadata (metadata.py): not decision state, so the index fills it in on reads.
+    label: str = ""
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value), sorted by key
 
     @property
     def available_minutes(self) -> int:

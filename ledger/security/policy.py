@@ -54,9 +54,21 @@ _bank_read = Rule(frozenset({Role.BANK_ADMIN, Role.MEMBER_APP, Role.AUDITOR}), S
 _bank_keys = Rule(frozenset({Role.OPERATOR, Role.BANK_ADMIN}), Scope.BANK)
 _bank_access_read = Rule(frozenset({Role.BANK_ADMIN, Role.AUDITOR}), Scope.BANK)
 
+# Auditing: the whole history and the as-of reads; following live events only.
+_audit_read = Rule(frozenset({Role.BANK_ADMIN, Role.AUDITOR}), Scope.BANK)
+_audit_stream = Rule(frozenset({Role.BANK_ADMIN, Role.AUDITOR, Role.MEMBER_APP}), Scope.BANK)
+# Roles StreamEvents admits only with `follow`, starting at most
+# LEDGER_AUDIT_FOLLOW_RESUME_EVENTS_MAX events behind the head (the servicer applies it).
+audit_follow_only_roles: frozenset[Role] = frozenset({Role.MEMBER_APP})
+
+# A bank's whole transfer list is the coordinators' (and auditors'): through a front-end
+# key it would show every member's transfers, which member consent keeps per member.
+_bank_coordinator_read = Rule(frozenset({Role.BANK_ADMIN, Role.AUDITOR}), Scope.BANK)
+
 _ledger = "/timebank.ledger.v1.LedgerService/"
 _views = "/timebank.ledger.v1.LedgerViewService/"
 _health = "/grpc.health.v1.Health/"
+_audit = "/timebank.ledger.v1.AuditService/"
 _access = "/timebank.ledger.v1.AccessService/"
 
 # Full method name -> rule. A method missing here is refused (deny by default); a test
@@ -79,6 +91,11 @@ rules: Mapping[str, Rule] = MappingProxyType(
         f"{_ledger}ReverseTransfer": _bank_admin,
         f"{_ledger}GetTransfer": _bank_read,
         f"{_ledger}ListAccountTransfers": _bank_read,
+        # Front-end lists (issue 12): member-scoped ones check member consent in the servicer.
+        f"{_ledger}ListPendingTransfers": _bank_read,
+        f"{_ledger}ListTransfers": _bank_coordinator_read,
+        f"{_ledger}ChangeAccountMetadata": _bank_write,
+        f"{_ledger}ListBanks": _operator,
         f"{_views}GetAccountSummary": _bank_read,
         f"{_views}ListStatementEntries": _bank_read,
         f"{_views}GetBankReport": _bank_read,
@@ -89,6 +106,16 @@ rules: Mapping[str, Rule] = MappingProxyType(
         f"{_access}RemoveMemberTokenKey": _bank_admin,
         f"{_access}ListMemberTokenKeys": _bank_access_read,
         f"{_access}SetBankPolicy": _bank_admin,
+        # AuditService (issue 10): the history, as-of reads and checkpoints are the
+        # auditor's and the bank admin's; a front-end may only follow live events
+        # (StreamEvents lets member-app keys in, and audit_follow_only_roles below narrows
+        # what they may ask for).
+        f"{_audit}StreamEvents": _audit_stream,
+        f"{_audit}GetBalancesAsOf": _audit_read,
+        f"{_audit}ListStatementEntriesAsOf": _audit_read,
+        f"{_audit}GetCheckpoint": _audit_read,
+        f"{_audit}ListCheckpoints": _audit_read,
+        f"{_audit}ListCheckpointKeys": _audit_read,
         f"{_health}Check": _public,
         f"{_health}Watch": _public,
         f"{_health}List": _public,

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.application.listing import PENDING_SIDES, TransferFilter
 from ledger.domain.commands import (
+    LIMIT_FIELDS,
+    METADATA_FIELDS,
+    ChangeAccountMetadata,
     ChangeLimits,
     ChangeStatus,
     CreateBank,
@@ -36,6 +40,7 @@ Enum = TypeVar("Enum", bound=int)
 
 account_kinds: Mapping[pb.AccountKind.ValueType, str] = {
     pb.ACCOUNT_KIND_MEMBER: "member",
+    pb.ACCOUNT_KIND_ORGANISATION: "organisation",
     pb.ACCOUNT_KIND_POOL: "pool",
     pb.ACCOUNT_KIND_SYSTEM: "system",
 }
@@ -99,6 +104,7 @@ def open_account(request: pb.OpenAccountRequest, by: Acting) -> OpenAccount:
 
 
 def change_limits(request: pb.ChangeAccountLimitsRequest, by: Acting) -> ChangeLimits:
+    populated = tuple(name for name in LIMIT_FIELDS if request.HasField(name))  # type: ignore[arg-type]
     return ChangeLimits(
         request_id=request.request_id,
         account_id=request.account_id,
@@ -107,9 +113,48 @@ def change_limits(request: pb.ChangeAccountLimitsRequest, by: Acting) -> ChangeL
             request.upper_limit_minutes if request.HasField("upper_limit_minutes") else None
         ),
         reason=request.reason,
+        update_mask=update_mask(request, LIMIT_FIELDS, populated),
         actor=by.actor,
         actor_label=request.actor_label,
     )
+
+
+def change_metadata(request: pb.ChangeAccountMetadataRequest, by: Acting) -> ChangeAccountMetadata:
+    populated = (
+        *(("label",) if request.HasField("label") else ()),
+        *(("tags",) if request.tags else ()),
+    )
+    mask = update_mask(request, METADATA_FIELDS, populated)
+    return ChangeAccountMetadata(
+        request_id=request.request_id,
+        account_id=request.account_id,
+        label=request.label if "label" in mask else None,
+        tags=tuple(sorted(request.tags.items())) if "tags" in mask else None,
+        actor=by.actor,
+        actor_label=request.actor_label,
+    )
+
+
+def update_mask(
+    request: pb.ChangeAccountLimitsRequest | pb.ChangeAccountMetadataRequest,
+    names: tuple[str, ...],
+    populated: tuple[str, ...],
+) -> tuple[str, ...]:
+    """The fields an update sets (AIP-134): those its mask names (`*`: all of them), or
+    without a mask, those the request populates. In the order of `names`."""
+    if not request.HasField("update_mask") or not request.update_mask.paths:
+        return populated
+    paths = list(request.update_mask.paths)
+    if paths == ["*"]:
+        return names
+    if any(path not in names for path in paths) or len(set(paths)) != len(paths):
+        raise InvalidInput(
+            "INVALID_UPDATE_MASK",
+            f"update_mask may name only {', '.join(names)} (or *), each once",
+            field="update_mask",
+            metadata={"paths": ",".join(paths)[:200]},
+        )
+    return tuple(name for name in names if name in paths)
 
 
 def change_status(request: StatusRequest, action: str, by: Acting) -> ChangeStatus:
@@ -225,6 +270,8 @@ def account(view: AccountView) -> pb.Account:
     )
     if view.upper_limit_minutes is not None:
         message.upper_limit_minutes = view.upper_limit_minutes
+    message.label = view.label
+    message.tags.update(dict(view.tags))
     return message
 
 
@@ -289,3 +336,60 @@ def enum_to_proto(name: str, names: Mapping[Enum, str]) -> Enum:
         if known == name:
             return number
     raise AssertionError(f"{name!r} has no protobuf enum value")
+
+
+# ---------------------------------------------------------------------------------------
+# Lists (issue 12): filters in, pages out
+# ---------------------------------------------------------------------------------------
+
+transfer_states: Mapping[pb.TransferState.ValueType, str] = {
+    pb.TRANSFER_STATE_PENDING: "pending",
+    pb.TRANSFER_STATE_POSTED: "posted",
+    pb.TRANSFER_STATE_VOIDED: "voided",
+    pb.TRANSFER_STATE_EXPIRED: "expired",
+    pb.TRANSFER_STATE_REVERSED: "reversed",
+}
+pending_sides: Mapping[pb.PendingSide.ValueType, tuple[str, ...]] = {
+    pb.PENDING_SIDE_PAYER: ("payer",),
+    pb.PENDING_SIDE_PAYEE: ("payee",),
+}
+
+
+def optional_enum(field: str, number: int, names: Mapping[Enum, str], reason: str) -> str | None:
+    """A filter's enum: None when unspecified (no filter), InvalidInput when unknown."""
+    return None if number == 0 else _enum_from_proto(field, number, names, reason)
+
+
+def transfer_filter(message: pb.TransferFilter) -> TransferFilter:
+    return TransferFilter(
+        state=optional_enum(
+            "filter.state", message.state, transfer_states, "INVALID_TRANSFER_STATE"
+        ),
+        category=message.category if message.HasField("category") else None,
+        created_from=_moment("filter.created_from", message, "created_from"),
+        created_before=_moment("filter.created_before", message, "created_before"),
+    )
+
+
+def pending_side(number: pb.PendingSide.ValueType) -> tuple[str, ...]:
+    if number == pb.PENDING_SIDE_UNSPECIFIED:
+        return PENDING_SIDES
+    if number not in pending_sides:
+        raise InvalidInput(
+            "INVALID_PENDING_SIDE", f"side {number} is not a known value", field="side"
+        )
+    return pending_sides[number]
+
+
+def _moment(field: str, message: pb.TransferFilter, name: str) -> datetime | None:
+    if not message.HasField(name):  # type: ignore[arg-type]
+        return None
+    value: Timestamp = getattr(message, name)
+    try:
+        return value.ToDatetime(UTC)
+    except (ValueError, OverflowError):  # seconds or nanos out of the Timestamp's range
+        raise InvalidInput(
+            "INVALID_TIMESTAMP",
+            f"{field} is not a valid timestamp (years 1 to 9999, nanos below 10^9)",
+            field=field,
+        ) from None

@@ -30,6 +30,7 @@ from ledger.security.interceptor import SecurityInterceptor
 from ledger.security.quotas import QuotaSettings, Slots
 from ledger.security.tls import TlsConfigError, TlsSettings, check_listener, server_credentials
 from ledger.service.access_servicer import AccessServicer
+from ledger.service.audit_servicer import AuditServicer
 from ledger.service.bootstrap import bootstrap_keys
 from ledger.service.discovery import HealthServicer, enable_discovery
 from ledger.service.identity import StoreIdentities
@@ -41,6 +42,8 @@ from projections.registry import ProjectionSet
 from timebank.ledger.v1 import (
     access_pb2,
     access_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
     views_pb2,
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 ledger_service_name = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 view_service_name = views_pb2.DESCRIPTOR.services_by_name["LedgerViewService"].full_name
 access_service_name = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+audit_service_name = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 
 # gRPC's own limit on a request body sits this far above ours, as a backstop only: its
 # refusal carries no ErrorInfo, while the interceptor's (MESSAGE_TOO_LARGE) does.
@@ -131,6 +135,12 @@ def create_server(
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(ledger, identities), server)
     services = [ledger_service_name, access_service_name]
+    # AuditService (issue 10): the history as stored, as-of reads (from the audit
+    # projection's checkpoints when this server has it), signed checkpoints.
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(ledger, settings, projections), server
+    )
+    services.append(audit_service_name)
     if projections is not None:
         waiting = Slots("reads_waiting", settings.reads_waiting_max)
         reads = ViewReads(projections, settings.read_wait_seconds, waiting)

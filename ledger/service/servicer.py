@@ -20,6 +20,7 @@ import grpc
 
 from ledger import logs, metrics
 from ledger.application.ledger import Ledger
+from ledger.application.listing import ListPage
 from ledger.domain import commands
 from ledger.domain.commands import Command, check_id
 from ledger.domain.errors import DomainError, QuotaReached
@@ -36,14 +37,14 @@ _logged_ids = ("bank_id", "request_id", "account_id", "transfer_id")
 
 
 class BankRequest(Protocol):
-    """Every request names its bank."""
+    """Every request names its bank (but the deployment's own: ListBanks)."""
 
     @property
     def bank_id(self) -> str: ...
 
 
 Servicer = TypeVar("Servicer")
-Request = TypeVar("Request", bound=BankRequest)
+Request = TypeVar("Request", bound=BankRequest | pb.ListBanksRequest)
 Response = TypeVar("Response")
 Method = Callable[[Servicer, Request, grpc.ServicerContext], Response]
 
@@ -59,7 +60,8 @@ def rpc(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request
         with logs.bound(rpc=name, **{k: v for k, v in ids.items() if v}):
             started = time.monotonic()
             try:
-                check_id("bank_id", request.bank_id)
+                if not isinstance(request, pb.ListBanksRequest):
+                    check_id("bank_id", request.bank_id)
                 response = method(self, request, context)
             except DomainError as error:
                 code = errors.status_code(error)
@@ -153,12 +155,24 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def ListAccounts(
         self, request: pb.ListAccountsRequest, context: grpc.ServicerContext
     ) -> pb.ListAccountsResponse:
-        views, next_page_token = self._ledger.list_accounts(
-            request.bank_id, request.page_size, request.page_token
+        page = self._ledger.lists.accounts(
+            request.bank_id,
+            request.page_size,
+            request.page_token,
+            kind=convert.optional_enum(
+                "kind", request.kind, convert.account_kinds, "INVALID_ACCOUNT_KIND"
+            ),
+            status=convert.optional_enum(
+                "status", request.status, convert.account_statuses, "INVALID_ACCOUNT_STATUS"
+            ),
         )
-        return pb.ListAccountsResponse(
-            accounts=[convert.account(view) for view in views], next_page_token=next_page_token
+        response = pb.ListAccountsResponse(
+            accounts=[convert.account(view) for view in page.items],
+            next_page_token=page.next_page_token,
         )
+        if page.total_size is not None:
+            response.total_size = page.total_size
+        return response
 
     @rpc
     def ChangeAccountLimits(
@@ -257,18 +271,82 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def ListAccountTransfers(
         self, request: pb.ListAccountTransfersRequest, context: grpc.ServicerContext
     ) -> pb.ListAccountTransfersResponse:
-        by = convert.acting()
-        self._ledger.check_statement_reader(
+        page = self._ledger.lists.account_transfers(
             request.bank_id,
             request.account_id,
+            request.page_size,
+            request.page_token,
+            convert.transfer_filter(request.filter),
+            check_reader=self._statement_reader(request.bank_id, request.account_id),
+        )
+        return _transfers_page(pb.ListAccountTransfersResponse(), page)
+
+    # Lists and metadata for front-ends and coordinators (issue 12)
+
+    @rpc
+    def ListPendingTransfers(
+        self, request: pb.ListPendingTransfersRequest, context: grpc.ServicerContext
+    ) -> pb.ListPendingTransfersResponse:
+        page = self._ledger.lists.pending_transfers(
+            request.bank_id,
+            request.account_id,
+            request.page_size,
+            request.page_token,
+            convert.pending_side(request.side),
+            check_reader=self._statement_reader(request.bank_id, request.account_id),
+        )
+        return _transfers_page(pb.ListPendingTransfersResponse(), page)
+
+    @rpc
+    def ListTransfers(
+        self, request: pb.ListTransfersRequest, context: grpc.ServicerContext
+    ) -> pb.ListTransfersResponse:
+        page = self._ledger.lists.bank_transfers(
+            request.bank_id,
+            request.page_size,
+            request.page_token,
+            convert.transfer_filter(request.filter),
+        )
+        return _transfers_page(pb.ListTransfersResponse(), page)
+
+    @rpc
+    def ChangeAccountMetadata(
+        self, request: pb.ChangeAccountMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ChangeAccountMetadataResponse:
+        view = self._account(request.bank_id, convert.change_metadata(request, convert.acting()))
+        return pb.ChangeAccountMetadataResponse(
+            account=convert.account(view), position=view.position
+        )
+
+    @rpc
+    def ListBanks(
+        self, request: pb.ListBanksRequest, context: grpc.ServicerContext
+    ) -> pb.ListBanksResponse:
+        page = self._ledger.lists.banks(request.page_size, request.page_token)
+        response = pb.ListBanksResponse(
+            banks=[
+                pb.BankEntry(
+                    bank_id=view.bank_id,
+                    name=view.name,
+                    created_at=convert.timestamp(view.created_at),
+                )
+                for view in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+        if page.total_size is not None:
+            response.total_size = page.total_size
+        return response
+
+    def _statement_reader(self, bank_id: str, account_id: str) -> Callable[[], None]:
+        """Member consent for a member-scoped list, run once the request is known valid."""
+        by = convert.acting()
+        return functools.partial(
+            self._ledger.check_statement_reader,
+            bank_id,
+            account_id,
             via_front_end=by.via_front_end,
             member_subject=by.member_subject,
-        )
-        views, next_page_token = self._ledger.list_account_transfers(
-            request.bank_id, request.account_id, request.page_size, request.page_token
-        )
-        return pb.ListAccountTransfersResponse(
-            transfers=[convert.transfer(view) for view in views], next_page_token=next_page_token
         )
 
     def _check_banks_quota(self, command: commands.CreateBank) -> None:
@@ -291,7 +369,8 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def _account(self, bank_id: str, command: Command) -> AccountView:
         result = self._ledger.execute(bank_id, command)
         assert isinstance(result, AccountView), f"{type(command).__name__} gave {result!r}"
-        return result
+        # Labels and tags are not the writer's: read as committed (issue 12).
+        return self._ledger.with_metadata(bank_id, result)
 
     def _transfer(self, bank_id: str, command: Command) -> TransferView:
         result = self._ledger.execute(bank_id, command)
@@ -302,3 +381,19 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         result = self._ledger.execute(bank_id, command)
         assert isinstance(result, list), f"{type(command).__name__} gave {result!r}"
         return result
+
+
+TransfersResponse = TypeVar(
+    "TransfersResponse",
+    pb.ListAccountTransfersResponse,
+    pb.ListPendingTransfersResponse,
+    pb.ListTransfersResponse,
+)
+
+
+def _transfers_page(response: TransfersResponse, page: ListPage[TransferView]) -> TransfersResponse:
+    response.transfers.extend(convert.transfer(view) for view in page.items)
+    response.next_page_token = page.next_page_token
+    if page.total_size is not None:
+        response.total_size = page.total_size
+    return response

@@ -4,21 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from operator import itemgetter
 from typing import Any, Protocol
 
 from ledger.domain.batch import Batch
 from ledger.domain.history import StoredEvent
 from ledger.domain.views import BankView
-from ledger.storage import rows
+from ledger.storage import bulk, rows
 from ledger.storage.sql import Dialect
 
 Params = Sequence[Any]
 
 
+ACCOUNT_TRANSFER_COLUMNS = ("bank_uuid", "account_id", "number", "transfer_id")
+CHAIN_COLUMNS = ("bank_uuid", "version", "chain_hash")
+ACCOUNT_KEY = ("bank_uuid", "account_id")
+TRANSFER_KEY = ("bank_uuid", "transfer_id")
+# What a change to an open account can touch: its number, kind and opening never change.
+ACCOUNT_CHANGE_COLUMNS = tuple(
+    c for c in rows.ACCOUNT_COLUMNS if c not in ("number", "kind", "opened_at")
+)
+_account_change = itemgetter(*(rows.ACCOUNT_COLUMNS.index(c) for c in ACCOUNT_CHANGE_COLUMNS))
+
+
 class WriteCursor(Protocol):
+    def execute(self, statement: Any, params: Any) -> Any: ...
+
     def executemany(self, statement: Any, params_seq: Any) -> Any: ...
 
 
+@cache
 def _upsert(dialect: Dialect, table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
     return dialect.sql(
@@ -28,6 +44,7 @@ def _upsert(dialect: Dialect, table: str, columns: Sequence[str], keys: Sequence
     )
 
 
+@cache
 def _insert(dialect: Dialect, table: str, columns: Sequence[str]) -> str:
     return dialect.sql(
         f"INSERT INTO {dialect.table(table)} ({', '.join(columns)})"
@@ -40,6 +57,8 @@ class IndexWrite:
     """Rows for each index table; upserts where a row changes, inserts where it is new."""
 
     bank: list[tuple[Any, ...]] = field(default_factory=list)
+    # Accounts opened by the batch, and accounts that were open before it and changed.
+    new_accounts: list[tuple[Any, ...]] = field(default_factory=list)
     accounts: list[tuple[Any, ...]] = field(default_factory=list)
     # New transfers are inserted, never upserted: an id used before fails the commit.
     new_transfers: list[tuple[Any, ...]] = field(default_factory=list)
@@ -51,37 +70,44 @@ class IndexWrite:
     api_key_revocations: list[tuple[Any, ...]] = field(default_factory=list)
     # (bank_uuid, the bank's member-token keys now) when they changed: replaced whole.
     member_token_keys: tuple[str, list[tuple[Any, ...]]] | None = None
+    # Account metadata changes, in order (issue 12): only what each change sets is written.
+    account_metadata: list[tuple[Any, ...]] = field(default_factory=list)
 
     def write(self, cursor: WriteCursor, dialect: Dialect) -> None:
+        bank_key, account_key, transfer_key = ("bank_uuid",), ACCOUNT_KEY, TRANSFER_KEY
+        # (table, columns, the keys of an upsert or () for an insert, rows)
+        tables: list[tuple[str, tuple[str, ...], tuple[str, ...], list[tuple[Any, ...]]]] = [
+            ("ledger_banks", rows.BANK_COLUMNS, bank_key, self.bank),
+            ("ledger_accounts", rows.ACCOUNT_COLUMNS, (), self.new_accounts),
+            ("ledger_transfers", rows.TRANSFER_COLUMNS, (), self.new_transfers),
+            ("ledger_transfers", rows.TRANSFER_COLUMNS, transfer_key, self.transfers),
+            ("ledger_account_transfers", ACCOUNT_TRANSFER_COLUMNS, (), self.account_transfers),
+            ("ledger_requests", rows.REQUEST_COLUMNS, (), self.requests),
+            ("ledger_chain", CHAIN_COLUMNS, (), self.chain),
+            ("ledger_api_keys", rows.API_KEY_COLUMNS, (), self.api_keys),
+        ]
+        if dialect.postgres:
+            for table, columns, keys, table_rows in tables:
+                if table_rows:
+                    statement = bulk.insert_statement(dialect, table, columns, keys)
+                    cursor.execute(statement, bulk.rows_json(table_rows))
+            if self.accounts:
+                changes = [_account_change(row) for row in self.accounts]
+                statement = bulk.update_statement(
+                    dialect, "ledger_accounts", ACCOUNT_CHANGE_COLUMNS, account_key
+                )
+                cursor.execute(statement, bulk.rows_json(changes))
+        else:
+            tables.append(("ledger_accounts", rows.ACCOUNT_COLUMNS, account_key, self.accounts))
+            for table, columns, keys, table_rows in tables:
+                if not table_rows:
+                    continue
+                if keys:
+                    cursor.executemany(_upsert(dialect, table, columns, keys), table_rows)
+                else:
+                    cursor.executemany(_insert(dialect, table, columns), table_rows)
+        # Rare changes, row by row.
         statements: list[tuple[str, list[tuple[Any, ...]]]] = [
-            (_upsert(dialect, "ledger_banks", rows.BANK_COLUMNS, ("bank_uuid",)), self.bank),
-            (
-                _upsert(
-                    dialect, "ledger_accounts", rows.ACCOUNT_COLUMNS, ("bank_uuid", "account_id")
-                ),
-                self.accounts,
-            ),
-            (_insert(dialect, "ledger_transfers", rows.TRANSFER_COLUMNS), self.new_transfers),
-            (
-                _upsert(
-                    dialect, "ledger_transfers", rows.TRANSFER_COLUMNS, ("bank_uuid", "transfer_id")
-                ),
-                self.transfers,
-            ),
-            (
-                _insert(
-                    dialect,
-                    "ledger_account_transfers",
-                    ("bank_uuid", "account_id", "number", "transfer_id"),
-                ),
-                self.account_transfers,
-            ),
-            (_insert(dialect, "ledger_requests", rows.REQUEST_COLUMNS), self.requests),
-            (
-                _insert(dialect, "ledger_chain", ("bank_uuid", "version", "chain_hash")),
-                self.chain,
-            ),
-            (_insert(dialect, "ledger_api_keys", rows.API_KEY_COLUMNS), self.api_keys),
             (
                 dialect.sql(
                     f"UPDATE {dialect.table('ledger_api_keys')} SET revoked_at = ?,"
@@ -91,13 +117,15 @@ class IndexWrite:
             ),
         ]
         if self.member_token_keys is not None:
-            bank_uuid, keys = self.member_token_keys
+            bank_uuid, token_keys = self.member_token_keys
             table = dialect.table("ledger_member_token_keys")
             cursor.executemany(
                 dialect.sql(f"DELETE FROM {table} WHERE bank_uuid = ?"), [(bank_uuid,)]
             )
             insert = _insert(dialect, "ledger_member_token_keys", rows.MEMBER_TOKEN_KEY_COLUMNS)
-            statements.append((insert, keys))
+            statements.append((insert, token_keys))
+        if self.account_metadata:
+            statements.append((rows.account_metadata_upsert(dialect), self.account_metadata))
         for statement, params in statements:
             if params:
                 cursor.executemany(statement, params)
@@ -121,7 +149,10 @@ def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
     )
     write = IndexWrite()
     write.bank.append(rows.bank_row(bank_uuid, view, batch.created_by, batch.timestamp))
-    write.accounts = [rows.account_row(bank_uuid, a) for a in batch.changed_accounts()]
+    opened_before = batch.state.accounts
+    for account in batch.changed_accounts():
+        rows_of = write.accounts if account.account_id in opened_before else write.new_accounts
+        rows_of.append(rows.account_row(bank_uuid, account))
     records = batch.records
     for transfer_id, record in records.changed_transfers.items():
         rows_of = (
@@ -141,6 +172,9 @@ def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
     if batch.member_token_keys_changed:
         keys = [rows.member_token_key_row(bank_uuid, k) for k in batch.member_token_keys.values()]
         write.member_token_keys = (bank_uuid, keys)
+    write.account_metadata = [
+        rows.account_metadata_row(bank_uuid, change) for change in records.metadata_changes
+    ]
     return write
 
 

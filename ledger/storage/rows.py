@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from ledger.domain import canonical, chain
-from ledger.domain.records import ApiKeyRecord, ApiKeyRevocation, RequestRecord, TransferRecord
+from ledger.domain.records import (
+    AccountMetadataRecord,
+    ApiKeyRecord,
+    ApiKeyRevocation,
+    RequestRecord,
+    TransferRecord,
+)
 from ledger.domain.state import Account, MemberTokenKey
-from ledger.domain.views import AccountView, BankView
+from ledger.domain.views import AccountView, BankView, TransferView
+from ledger.storage.sql import Dialect
 
 Row = Mapping[str, Any]
 
@@ -199,6 +206,32 @@ def transfer_of(row: Row) -> TransferRecord:
     )
 
 
+def transfer_view_of(row: Row) -> TransferView:
+    """A transfer's view straight from its row (what lists read, many a page)."""
+    return TransferView(
+        transfer_id=row["transfer_id"],
+        kind=row["kind"],
+        status=row["status"],
+        payer_account_id=row["payer_account_id"],
+        payee_account_id=row["payee_account_id"],
+        amount_minutes=row["amount_minutes"],
+        posted_amount_minutes=row["posted_amount_minutes"],
+        memo=row["memo"],
+        category=row["category"],
+        service_date=row["service_date"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        deadline=_time_of(row["deadline"]),
+        resolved_at=_time_of(row["resolved_at"]),
+        reverses_transfer_id=row["reverses_transfer_id"],
+        reversed_by_transfer_id=row["reversed_by_transfer_id"],
+        reason=row["reason"],
+        actor=row["actor"],
+        actor_label=row["actor_label"],
+        created_position=row["created_position"],
+        position=row["position"],
+    )
+
+
 def request_row(bank_uuid: str, record: RequestRecord) -> tuple[Any, ...]:
     content = canonical.encode(dict(record.content)).decode("utf-8")
     return (bank_uuid, record.request_id, record.kind, content, record.position)
@@ -319,3 +352,32 @@ def member_token_key_of(row: Row) -> MemberTokenKey:
         registered_at=datetime.fromisoformat(row["registered_at"]),
         position=row["position"],
     )
+
+
+# ----------------------------------------------------------------- account metadata (issue 12)
+
+
+def account_metadata_row(bank_uuid: str, change: AccountMetadataRecord) -> tuple[Any, ...]:
+    """(bank_uuid, account_id, label or None, tags as canonical JSON or None, position)."""
+    tags = None if change.tags is None else canonical.encode(dict(change.tags)).decode("utf-8")
+    return (bank_uuid, change.account_id, change.label, tags, change.position)
+
+
+def account_metadata_upsert(dialect: Dialect) -> str:
+    """Writes what a change sets; NULL (not set by it) leaves the stored value."""
+    table = dialect.table("ledger_account_metadata")
+    return dialect.sql(
+        f"INSERT INTO {table} (bank_uuid, account_id, label, tags, position)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (bank_uuid, account_id) DO UPDATE SET"
+        f" label = COALESCE(excluded.label, {table}.label),"
+        f" tags = COALESCE(excluded.tags, {table}.tags), position = excluded.position"
+    )
+
+
+def with_metadata(view: AccountView, row: Row) -> AccountView:
+    """The account view with the label and tags of a row joined from the metadata table."""
+    label, tags = row["metadata_label"], row["metadata_tags"]
+    if label is None and tags is None:
+        return view
+    pairs = sorted(canonical.decode_trusted(tags.encode("utf-8")).items()) if tags else []
+    return replace(view, label=label or "", tags=tuple(pairs))

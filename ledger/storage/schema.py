@@ -9,6 +9,9 @@
     ledger_snapshots          each bank's latest snapshot of its decision state
     ledger_api_keys           every API key: role, scope, the hash of its secret, revocation
     ledger_member_token_keys  each bank's identity-provider keys for member tokens
+    ledger_account_metadata   each account's display label and tags (not decision state)
+    ledger_checkpoints        signed checkpoints of each bank's chain head (issue 10)
+    ledger_checkpoint_keys    the public keys checkpoints were signed with
 
 Times are ISO 8601 text in UTC with microseconds, so they sort as text on both SQLite and
 PostgreSQL. Ids are the client's; `bank_uuid` is the bank's history id with dashes.
@@ -26,6 +29,9 @@ TABLES = (
     "ledger_snapshots",
     "ledger_api_keys",
     "ledger_member_token_keys",
+    "ledger_account_metadata",
+    "ledger_checkpoints",
+    "ledger_checkpoint_keys",
 )
 
 
@@ -90,4 +96,67 @@ def statements(prefix: str, blob_type: str) -> list[str]:
         " bank_uuid TEXT NOT NULL, kid TEXT NOT NULL, algorithm TEXT NOT NULL,"
         " public_key_pem TEXT NOT NULL, registered_at TEXT NOT NULL, position BIGINT NOT NULL,"
         " PRIMARY KEY (bank_uuid, kid))",
+        *list_statements(p),
+        *audit_statements(p, blob_type),
+    ]
+
+
+# ----------------------------------------------------------------- lists (issue 12)
+#
+# Every list page is one range scan of one index (two, merged, for an account's transfers
+# as payer and as payee), whatever the history's length (ledger/storage/lists.py). The
+# indexes below are partial where they can be, to cost the write path little: the
+# transfers that are not plainly posted (pending, voided, expired, or posted and then
+# reversed) are few beside the posted ones. The list queries repeat each predicate word for
+# word, as SQLite uses a partial index only then.
+NOT_PLAINLY_POSTED = "NOT (status = 'posted' AND reversed_by_transfer_id = '')"
+# One transfer in this many (by number) marks the bank's time: numbers and creation times
+# grow together within a bank (timestamps never go backwards), so the marks turn a time
+# range into a number range with two small look-ups, for an index 1/1024 of the table's size.
+time_mark_every = 1024  # a power of two: the test is a bit mask (no '%', a placeholder)
+TIME_MARK = f"(number & {time_mark_every - 1}) = 0"
+
+
+def list_statements(p: str) -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_account_metadata ("
+        " bank_uuid TEXT NOT NULL, account_id TEXT NOT NULL,"
+        # NULL until set; tags are the canonical JSON of an object of strings.
+        " label TEXT, tags TEXT, position BIGINT NOT NULL,"
+        " PRIMARY KEY (bank_uuid, account_id))",
+        f"CREATE INDEX IF NOT EXISTS ledger_accounts_by_kind"
+        f" ON {p}ledger_accounts (bank_uuid, kind, number)",
+        f"CREATE INDEX IF NOT EXISTS ledger_accounts_by_status"
+        f" ON {p}ledger_accounts (bank_uuid, status, number)",
+        f"CREATE INDEX IF NOT EXISTS ledger_accounts_by_kind_status"
+        f" ON {p}ledger_accounts (bank_uuid, kind, status, number)",
+        f"CREATE INDEX IF NOT EXISTS ledger_transfers_marked_by_payer"
+        f" ON {p}ledger_transfers (bank_uuid, payer_account_id, status, number)"
+        f" WHERE {NOT_PLAINLY_POSTED}",
+        f"CREATE INDEX IF NOT EXISTS ledger_transfers_marked_by_payee"
+        f" ON {p}ledger_transfers (bank_uuid, payee_account_id, status, number)"
+        f" WHERE {NOT_PLAINLY_POSTED}",
+        f"CREATE INDEX IF NOT EXISTS ledger_transfers_marked"
+        f" ON {p}ledger_transfers (bank_uuid, status, number) WHERE {NOT_PLAINLY_POSTED}",
+        f"CREATE INDEX IF NOT EXISTS ledger_transfers_time_marks"
+        f" ON {p}ledger_transfers (bank_uuid, created_at) WHERE {TIME_MARK}",
+    ]
+
+
+# ----------------------------------------------------------------- audit (issue 10)
+#
+# Signed checkpoints: at `signed_at`, the bank's history had `chain_head` at `position`,
+# signed with Ed25519 over `payload` (ledger/verifier.py says how) by the key `key_id`,
+# whose private half is kept outside the database. Neither table is part of the history;
+# their rows are checked, never trusted: a checkpoint counts only with a key the auditor
+# pinned out of band.
+def audit_statements(p: str, blob_type: str) -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_checkpoints ("
+        " bank_uuid TEXT NOT NULL, position BIGINT NOT NULL, chain_head TEXT NOT NULL,"
+        " signed_at TEXT NOT NULL, key_id TEXT NOT NULL,"
+        f" payload {blob_type} NOT NULL, signature {blob_type} NOT NULL,"
+        " PRIMARY KEY (bank_uuid, position))",
+        f"CREATE TABLE IF NOT EXISTS {p}ledger_checkpoint_keys ("
+        " key_id TEXT PRIMARY KEY, public_key_pem TEXT NOT NULL, first_used_at TEXT NOT NULL)",
     ]

@@ -20,6 +20,7 @@ from eventsourcing.persistence import StoredEvent as LibraryStoredEvent
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import Environment
+from psycopg.rows import tuple_row
 
 from ledger.domain import chain
 from ledger.domain.history import StoredEvent
@@ -102,7 +103,8 @@ class LedgerStore:
             " ON CONFLICT (bank_uuid) DO UPDATE SET version = excluded.version,"
             " chain_head = excluded.chain_head, state = excluded.state,"
             " taken_at = excluded.taken_at"
-            f" WHERE excluded.version > {self.dialect.table('ledger_snapshots')}.version"
+            # At the same version too: a snapshot this code could not read is replaced.
+            f" WHERE excluded.version >= {self.dialect.table('ledger_snapshots')}.version"
         )
         params = (bank_uuid, version, chain_head, state, chain.timestamp_text(taken_at))
         with self._datastore.transaction(commit=True) as cursor:
@@ -116,6 +118,20 @@ class LedgerStore:
         """(version, stored bytes) of up to `limit` events after `version`, in order."""
         found = self.recorder.select_events(uuid.UUID(bank_uuid), gt=version, limit=limit)
         return [(event.originator_version, bytes(event.state)) for event in found]
+
+    def event_sizes_after(self, bank_uuid: str, version: int, limit: int) -> list[int]:
+        """The stored sizes in bytes of up to `limit` events after `version`, in order: read
+        from the rows' headers by both databases, without the events' bytes."""
+        history_id = uuid.UUID(bank_uuid)
+        key: object = history_id if self.dialect.postgres else history_id.hex
+        events = self.dialect.table(self.recorder.events_table_name)  # type: ignore[attr-defined]
+        found = self._query(
+            f"SELECT length(state) AS size_bytes FROM {events}"
+            " WHERE originator_id = ? AND originator_version > ?"
+            " ORDER BY originator_version LIMIT ?",
+            (key, version, limit),
+        )
+        return [int(row["size_bytes"]) for row in found]
 
     def position(self, bank_uuid: str) -> int:
         """The version of the bank's latest committed event (0 if it has none)."""
@@ -267,6 +283,108 @@ class LedgerStore:
         )
         return [row["bank_id"] for row in found]
 
+    # ----------------------------------------------------------------- lists (issue 12)
+
+    def query(self, statement: str, params: Sequence[Any]) -> list[rows.Row]:
+        """Committed rows of one statement written with `?` placeholders (lists.py's reads)."""
+        return self._query(statement, params)
+
+    # ----------------------------------------------------------------- audit (issue 10)
+
+    def last_version(self, bank_uuid: str) -> int:
+        """The version of the bank's last stored event, read from the events themselves
+        (not from ledger_banks): what a stream of the history runs to."""
+        found = self.recorder.select_events(uuid.UUID(bank_uuid), desc=True, limit=1)
+        return found[0].originator_version if found else 0
+
+    def history_page(
+        self, bank_uuid: str, after: int, up_to: int | None, limit: int
+    ) -> list[tuple[int, str, bytes, str]]:
+        """(version, type, stored bytes, chain hash kept in ledger_chain or "") of up to
+        `limit` events after `after` (and at most `up_to`), in version order, as stored: a
+        gap left by a deleted row stays a gap. One indexed query, rows as tuples."""
+        history_id = uuid.UUID(bank_uuid)
+        statement = (
+            f"SELECT e.originator_version, e.topic, e.state, COALESCE(c.chain_hash, '')"
+            f" FROM {self.dialect.table(self.recorder.events_table_name)} e"  # type: ignore[attr-defined]
+            f" LEFT JOIN {self.dialect.table('ledger_chain')} c"
+            " ON c.bank_uuid = ? AND c.version = e.originator_version"
+            " WHERE e.originator_id = ? AND e.originator_version > ?"
+            + (" AND e.originator_version <= ?" if up_to is not None else "")
+            + " ORDER BY e.originator_version LIMIT ?"
+        )
+        key: object = history_id if self.dialect.postgres else history_id.hex
+        params = (bank_uuid, key, after, *(() if up_to is None else (up_to,)), limit)
+        datastore = self._datastore
+        if isinstance(datastore, PostgresDatastore):
+            with datastore.get_connection() as connection:
+                cursor = connection.cursor(row_factory=tuple_row)
+                # Binary results: the stored bytes come as they are, not hex-encoded (which
+                # doubles what PostgreSQL writes and this process decodes).
+                cursor.execute(self.dialect.sql(statement), params, prepare=True, binary=True)
+                return cursor.fetchall()
+        with datastore.transaction(commit=False) as sqlite_cursor:
+            sqlite_cursor.execute(statement, params)
+            return [tuple(row) for row in sqlite_cursor.fetchall()]
+
+    def save_checkpoint(self, checkpoint: StoredCheckpoint, public_key_pem: str) -> None:
+        """Keep a signed checkpoint (and its key, the first time it signs); one the bank
+        already has at that position stays as it is."""
+        checkpoints = self.dialect.table("ledger_checkpoints")
+        keys = self.dialect.table("ledger_checkpoint_keys")
+        with self._datastore.transaction(commit=True) as cursor:
+            cursor.execute(
+                self.dialect.sql(
+                    f"INSERT INTO {keys} (key_id, public_key_pem, first_used_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key_id) DO NOTHING"
+                ),
+                (checkpoint.key_id, public_key_pem, checkpoint.signed_at),
+            )
+            cursor.execute(
+                self.dialect.sql(
+                    f"INSERT INTO {checkpoints} (bank_uuid, position, chain_head, signed_at,"
+                    " key_id, payload, signature) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (bank_uuid, position) DO NOTHING"
+                ),
+                (
+                    checkpoint.bank_uuid,
+                    checkpoint.position,
+                    checkpoint.chain_head,
+                    checkpoint.signed_at,
+                    checkpoint.key_id,
+                    checkpoint.payload,
+                    checkpoint.signature,
+                ),
+            )
+
+    def checkpoints_page(
+        self, bank_uuid: str, after_position: int, limit: int
+    ) -> list[StoredCheckpoint]:
+        """The bank's signed checkpoints after a position, in position order."""
+        found = self._query(
+            f"SELECT * FROM {self.dialect.table('ledger_checkpoints')}"
+            " WHERE bank_uuid = ? AND position > ? ORDER BY position LIMIT ?",
+            (bank_uuid, after_position, limit),
+        )
+        return [_checkpoint_of(row) for row in found]
+
+    def checkpoint_at_or_before(self, bank_uuid: str, position: int) -> StoredCheckpoint | None:
+        found = self._query(
+            f"SELECT * FROM {self.dialect.table('ledger_checkpoints')}"
+            " WHERE bank_uuid = ? AND position <= ? ORDER BY position DESC LIMIT 1",
+            (bank_uuid, position),
+        )
+        return _checkpoint_of(found[0]) if found else None
+
+    def checkpoint_keys(self) -> list[tuple[str, str, str]]:
+        """(key id, public key PEM, first used at) of every key that signed, oldest first."""
+        found = self._query(
+            f"SELECT key_id, public_key_pem, first_used_at"
+            f" FROM {self.dialect.table('ledger_checkpoint_keys')} ORDER BY first_used_at, key_id",
+            (),
+        )
+        return [(row["key_id"], row["public_key_pem"], row["first_used_at"]) for row in found]
+
     # ----------------------------------------------------------------- internals
 
     def _query(self, statement: str, params: Sequence[Any]) -> list[rows.Row]:
@@ -296,3 +414,31 @@ class LedgerStore:
             marks = ", ".join("?" for _ in chunk)
             found += self._query(f"{select} {column} IN ({marks})", (bank_uuid, *chunk))
         return found
+
+
+# ----------------------------------------------------------------- audit (issue 10)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A row of ledger_checkpoints: a signed statement of a bank's chain head."""
+
+    bank_uuid: str
+    position: int
+    chain_head: str
+    signed_at: str
+    key_id: str
+    payload: bytes
+    signature: bytes
+
+
+def _checkpoint_of(row: rows.Row) -> StoredCheckpoint:
+    return StoredCheckpoint(
+        bank_uuid=row["bank_uuid"],
+        position=int(row["position"]),
+        chain_head=row["chain_head"],
+        signed_at=row["signed_at"],
+        key_id=row["key_id"],
+        payload=bytes(row["payload"]),
+        signature=bytes(row["signature"]),
+    )

@@ -284,7 +284,7 @@ class ListApiKeysRequest(_message.Message):
     bank_id: _builtins.str
     """The bank whose keys to list."""
     page_size: _builtins.int
-    """The most keys to return, at most 1,000 (larger sizes are capped); 0 means 50."""
+    """The most keys to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
     def __init__(

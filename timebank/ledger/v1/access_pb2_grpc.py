@@ -80,9 +80,11 @@ class AccessServiceServicer:
         """Issues an API key of a bank: an operator key issues `bank-admin` keys; a bank-admin key
         issues its bank's `member-app` and `auditor` keys. The token is in this response only.
         Not idempotent: if the answer is lost, issue another key and revoke the unused one.
-        Errors: INVALID_ARGUMENT (INVALID_ROLE, ROLE_OUT_OF_SCOPE, FIELD_TOO_LONG),
-        PERMISSION_DENIED (ROLE_NOT_ALLOWED: the caller may not issue that role),
-        NOT_FOUND (BANK_NOT_FOUND, operator callers only), RESOURCE_EXHAUSTED (API_KEYS_MAX_REACHED).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_ROLE; PERMISSION_DENIED ROLE_NOT_ALLOWED; INVALID_ARGUMENT
+        INVALID_TIMESTAMP, INVALID_CHARACTERS, INVALID_KEY; NOT_FOUND BANK_NOT_FOUND;
+        INVALID_ARGUMENT ROLE_OUT_OF_SCOPE; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_SECRET;
+        RESOURCE_EXHAUSTED API_KEYS_MAX_REACHED; and a write's (see ledger.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,7 +93,10 @@ class AccessServiceServicer:
     def RevokeApiKey(self, request, context):
         """Revokes one of the bank's keys: calls with it fail from then on (within
         LEDGER_API_KEY_CACHE_SECONDS on other servers). Revoking a revoked key changes nothing.
-        Errors: NOT_FOUND (API_KEY_NOT_FOUND), PERMISSION_DENIED (ROLE_NOT_ALLOWED).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND API_KEY_NOT_FOUND; PERMISSION_DENIED ROLE_NOT_ALLOWED;
+        INVALID_ARGUMENT INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+        ledger.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +104,8 @@ class AccessServiceServicer:
 
     def ListApiKeys(self, request, context):
         """Lists the bank's keys in the order they were issued, without secrets (AIP-158).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +117,10 @@ class AccessServiceServicer:
         ALREADY_EXISTS (EXISTS_WITH_DIFFERENT_PUBLIC_KEY). At most 8 keys per bank
         (RESOURCE_EXHAUSTED, MEMBER_TOKEN_KEYS_MAX_REACHED). INVALID_ARGUMENT
         (INVALID_PUBLIC_KEY) for anything else than an Ed25519 or P-256 public key.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_PUBLIC_KEY, INVALID_CHARACTERS, INVALID_ALGORITHM; NOT_FOUND
+        BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_PUBLIC_KEY; RESOURCE_EXHAUSTED
+        MEMBER_TOKEN_KEYS_MAX_REACHED; and a write's (see ledger.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +129,9 @@ class AccessServiceServicer:
     def RemoveMemberTokenKey(self, request, context):
         """Removes a member-token key; tokens signed with it no longer verify. Removing a key that
         is not registered changes nothing.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+        ledger.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +139,8 @@ class AccessServiceServicer:
 
     def ListMemberTokenKeys(self, request, context):
         """Lists the bank's member-token keys.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +148,10 @@ class AccessServiceServicer:
 
     def SetBankPolicy(self, request, context):
         """Sets the bank's consent policy. Idempotent under `request_id`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_MEMBER_TOKENS_REQUIRED; and a write's
+        (see ledger.proto).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

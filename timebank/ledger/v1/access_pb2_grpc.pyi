@@ -51,32 +51,55 @@ class AccessServiceStub:
     """Issues an API key of a bank: an operator key issues `bank-admin` keys; a bank-admin key
     issues its bank's `member-app` and `auditor` keys. The token is in this response only.
     Not idempotent: if the answer is lost, issue another key and revoke the unused one.
-    Errors: INVALID_ARGUMENT (INVALID_ROLE, ROLE_OUT_OF_SCOPE, FIELD_TOO_LONG),
-    PERMISSION_DENIED (ROLE_NOT_ALLOWED: the caller may not issue that role),
-    NOT_FOUND (BANK_NOT_FOUND, operator callers only), RESOURCE_EXHAUSTED (API_KEYS_MAX_REACHED).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_ROLE; PERMISSION_DENIED ROLE_NOT_ALLOWED; INVALID_ARGUMENT
+    INVALID_TIMESTAMP, INVALID_CHARACTERS, INVALID_KEY; NOT_FOUND BANK_NOT_FOUND;
+    INVALID_ARGUMENT ROLE_OUT_OF_SCOPE; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_SECRET;
+    RESOURCE_EXHAUSTED API_KEYS_MAX_REACHED; and a write's (see ledger.proto).
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_access_pb2.RevokeApiKeyRequest, _access_pb2.RevokeApiKeyResponse]
     """Revokes one of the bank's keys: calls with it fail from then on (within
     LEDGER_API_KEY_CACHE_SECONDS on other servers). Revoking a revoked key changes nothing.
-    Errors: NOT_FOUND (API_KEY_NOT_FOUND), PERMISSION_DENIED (ROLE_NOT_ALLOWED).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND API_KEY_NOT_FOUND; PERMISSION_DENIED ROLE_NOT_ALLOWED;
+    INVALID_ARGUMENT INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+    ledger.proto).
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_access_pb2.ListApiKeysRequest, _access_pb2.ListApiKeysResponse]
-    """Lists the bank's keys in the order they were issued, without secrets (AIP-158)."""
+    """Lists the bank's keys in the order they were issued, without secrets (AIP-158).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+    """
     RegisterMemberTokenKey: _grpc.UnaryUnaryMultiCallable[_access_pb2.RegisterMemberTokenKeyRequest, _access_pb2.RegisterMemberTokenKeyResponse]
     """Registers a public key (Ed25519 or P-256) of the bank's identity provider, under the
     `kid` its tokens name. Idempotent under `kid`; another key under a used kid is
     ALREADY_EXISTS (EXISTS_WITH_DIFFERENT_PUBLIC_KEY). At most 8 keys per bank
     (RESOURCE_EXHAUSTED, MEMBER_TOKEN_KEYS_MAX_REACHED). INVALID_ARGUMENT
     (INVALID_PUBLIC_KEY) for anything else than an Ed25519 or P-256 public key.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_PUBLIC_KEY, INVALID_CHARACTERS, INVALID_ALGORITHM; NOT_FOUND
+    BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_PUBLIC_KEY; RESOURCE_EXHAUSTED
+    MEMBER_TOKEN_KEYS_MAX_REACHED; and a write's (see ledger.proto).
     """
     RemoveMemberTokenKey: _grpc.UnaryUnaryMultiCallable[_access_pb2.RemoveMemberTokenKeyRequest, _access_pb2.RemoveMemberTokenKeyResponse]
     """Removes a member-token key; tokens signed with it no longer verify. Removing a key that
     is not registered changes nothing.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+    ledger.proto).
     """
     ListMemberTokenKeys: _grpc.UnaryUnaryMultiCallable[_access_pb2.ListMemberTokenKeysRequest, _access_pb2.ListMemberTokenKeysResponse]
-    """Lists the bank's member-token keys."""
+    """Lists the bank's member-token keys.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
+    """
     SetBankPolicy: _grpc.UnaryUnaryMultiCallable[_access_pb2.SetBankPolicyRequest, _access_pb2.SetBankPolicyResponse]
-    """Sets the bank's consent policy. Idempotent under `request_id`."""
+    """Sets the bank's consent policy. Idempotent under `request_id`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_MEMBER_TOKENS_REQUIRED; and a write's
+    (see ledger.proto).
+    """
 
 @_typing.type_check_only
 class AccessServiceAsyncStub(AccessServiceStub):
@@ -87,32 +110,55 @@ class AccessServiceAsyncStub(AccessServiceStub):
     """Issues an API key of a bank: an operator key issues `bank-admin` keys; a bank-admin key
     issues its bank's `member-app` and `auditor` keys. The token is in this response only.
     Not idempotent: if the answer is lost, issue another key and revoke the unused one.
-    Errors: INVALID_ARGUMENT (INVALID_ROLE, ROLE_OUT_OF_SCOPE, FIELD_TOO_LONG),
-    PERMISSION_DENIED (ROLE_NOT_ALLOWED: the caller may not issue that role),
-    NOT_FOUND (BANK_NOT_FOUND, operator callers only), RESOURCE_EXHAUSTED (API_KEYS_MAX_REACHED).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_ROLE; PERMISSION_DENIED ROLE_NOT_ALLOWED; INVALID_ARGUMENT
+    INVALID_TIMESTAMP, INVALID_CHARACTERS, INVALID_KEY; NOT_FOUND BANK_NOT_FOUND;
+    INVALID_ARGUMENT ROLE_OUT_OF_SCOPE; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_SECRET;
+    RESOURCE_EXHAUSTED API_KEYS_MAX_REACHED; and a write's (see ledger.proto).
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_access_pb2.RevokeApiKeyRequest, _access_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes one of the bank's keys: calls with it fail from then on (within
     LEDGER_API_KEY_CACHE_SECONDS on other servers). Revoking a revoked key changes nothing.
-    Errors: NOT_FOUND (API_KEY_NOT_FOUND), PERMISSION_DENIED (ROLE_NOT_ALLOWED).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND API_KEY_NOT_FOUND; PERMISSION_DENIED ROLE_NOT_ALLOWED;
+    INVALID_ARGUMENT INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+    ledger.proto).
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_access_pb2.ListApiKeysRequest, _access_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """Lists the bank's keys in the order they were issued, without secrets (AIP-158)."""
+    """Lists the bank's keys in the order they were issued, without secrets (AIP-158).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+    """
     RegisterMemberTokenKey: _aio.UnaryUnaryMultiCallable[_access_pb2.RegisterMemberTokenKeyRequest, _access_pb2.RegisterMemberTokenKeyResponse]  # type: ignore[assignment]
     """Registers a public key (Ed25519 or P-256) of the bank's identity provider, under the
     `kid` its tokens name. Idempotent under `kid`; another key under a used kid is
     ALREADY_EXISTS (EXISTS_WITH_DIFFERENT_PUBLIC_KEY). At most 8 keys per bank
     (RESOURCE_EXHAUSTED, MEMBER_TOKEN_KEYS_MAX_REACHED). INVALID_ARGUMENT
     (INVALID_PUBLIC_KEY) for anything else than an Ed25519 or P-256 public key.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_PUBLIC_KEY, INVALID_CHARACTERS, INVALID_ALGORITHM; NOT_FOUND
+    BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_PUBLIC_KEY; RESOURCE_EXHAUSTED
+    MEMBER_TOKEN_KEYS_MAX_REACHED; and a write's (see ledger.proto).
     """
     RemoveMemberTokenKey: _aio.UnaryUnaryMultiCallable[_access_pb2.RemoveMemberTokenKeyRequest, _access_pb2.RemoveMemberTokenKeyResponse]  # type: ignore[assignment]
     """Removes a member-token key; tokens signed with it no longer verify. Removing a key that
     is not registered changes nothing.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+    ledger.proto).
     """
     ListMemberTokenKeys: _aio.UnaryUnaryMultiCallable[_access_pb2.ListMemberTokenKeysRequest, _access_pb2.ListMemberTokenKeysResponse]  # type: ignore[assignment]
-    """Lists the bank's member-token keys."""
+    """Lists the bank's member-token keys.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
+    """
     SetBankPolicy: _aio.UnaryUnaryMultiCallable[_access_pb2.SetBankPolicyRequest, _access_pb2.SetBankPolicyResponse]  # type: ignore[assignment]
-    """Sets the bank's consent policy. Idempotent under `request_id`."""
+    """Sets the bank's consent policy. Idempotent under `request_id`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_MEMBER_TOKENS_REQUIRED; and a write's
+    (see ledger.proto).
+    """
 
 class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages a bank's API keys, member-token keys and consent policy."""
@@ -126,9 +172,11 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         """Issues an API key of a bank: an operator key issues `bank-admin` keys; a bank-admin key
         issues its bank's `member-app` and `auditor` keys. The token is in this response only.
         Not idempotent: if the answer is lost, issue another key and revoke the unused one.
-        Errors: INVALID_ARGUMENT (INVALID_ROLE, ROLE_OUT_OF_SCOPE, FIELD_TOO_LONG),
-        PERMISSION_DENIED (ROLE_NOT_ALLOWED: the caller may not issue that role),
-        NOT_FOUND (BANK_NOT_FOUND, operator callers only), RESOURCE_EXHAUSTED (API_KEYS_MAX_REACHED).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_ROLE; PERMISSION_DENIED ROLE_NOT_ALLOWED; INVALID_ARGUMENT
+        INVALID_TIMESTAMP, INVALID_CHARACTERS, INVALID_KEY; NOT_FOUND BANK_NOT_FOUND;
+        INVALID_ARGUMENT ROLE_OUT_OF_SCOPE; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_SECRET;
+        RESOURCE_EXHAUSTED API_KEYS_MAX_REACHED; and a write's (see ledger.proto).
         """
 
     @_abc_1.abstractmethod
@@ -139,7 +187,10 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_access_pb2.RevokeApiKeyResponse, _abc.Awaitable[_access_pb2.RevokeApiKeyResponse]]:
         """Revokes one of the bank's keys: calls with it fail from then on (within
         LEDGER_API_KEY_CACHE_SECONDS on other servers). Revoking a revoked key changes nothing.
-        Errors: NOT_FOUND (API_KEY_NOT_FOUND), PERMISSION_DENIED (ROLE_NOT_ALLOWED).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND API_KEY_NOT_FOUND; PERMISSION_DENIED ROLE_NOT_ALLOWED;
+        INVALID_ARGUMENT INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+        ledger.proto).
         """
 
     @_abc_1.abstractmethod
@@ -148,7 +199,10 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _access_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.ListApiKeysResponse, _abc.Awaitable[_access_pb2.ListApiKeysResponse]]:
-        """Lists the bank's keys in the order they were issued, without secrets (AIP-158)."""
+        """Lists the bank's keys in the order they were issued, without secrets (AIP-158).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def RegisterMemberTokenKey(
@@ -161,6 +215,10 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         ALREADY_EXISTS (EXISTS_WITH_DIFFERENT_PUBLIC_KEY). At most 8 keys per bank
         (RESOURCE_EXHAUSTED, MEMBER_TOKEN_KEYS_MAX_REACHED). INVALID_ARGUMENT
         (INVALID_PUBLIC_KEY) for anything else than an Ed25519 or P-256 public key.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_PUBLIC_KEY, INVALID_CHARACTERS, INVALID_ALGORITHM; NOT_FOUND
+        BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_PUBLIC_KEY; RESOURCE_EXHAUSTED
+        MEMBER_TOKEN_KEYS_MAX_REACHED; and a write's (see ledger.proto).
         """
 
     @_abc_1.abstractmethod
@@ -171,6 +229,9 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_access_pb2.RemoveMemberTokenKeyResponse, _abc.Awaitable[_access_pb2.RemoveMemberTokenKeyResponse]]:
         """Removes a member-token key; tokens signed with it no longer verify. Removing a key that
         is not registered changes nothing.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+        ledger.proto).
         """
 
     @_abc_1.abstractmethod
@@ -179,7 +240,10 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _access_pb2.ListMemberTokenKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.ListMemberTokenKeysResponse, _abc.Awaitable[_access_pb2.ListMemberTokenKeysResponse]]:
-        """Lists the bank's member-token keys."""
+        """Lists the bank's member-token keys.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def SetBankPolicy(
@@ -187,6 +251,11 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _access_pb2.SetBankPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.SetBankPolicyResponse, _abc.Awaitable[_access_pb2.SetBankPolicyResponse]]:
-        """Sets the bank's consent policy. Idempotent under `request_id`."""
+        """Sets the bank's consent policy. Idempotent under `request_id`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_MEMBER_TOKENS_REQUIRED; and a write's
+        (see ledger.proto).
+        """
 
 def add_AccessServiceServicer_to_server(servicer: AccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,8 +15,46 @@ returns the resource as it is now, so for accounts and banks that position may b
 
 Errors use the standard status codes with google.rpc details (AIP-193): always an
 ErrorInfo (domain "timebank-ledger", UPPER_SNAKE reason), a BadRequest field violation
-for INVALID_ARGUMENT and a PreconditionFailure for FAILED_PRECONDITION. Field names in
-errors are the field names of the request messages below.
+for INVALID_ARGUMENT and a PreconditionFailure for FAILED_PRECONDITION whose subject
+names the resource (`accounts/<id>`, `transfers/<id>` or `banks/<id>`, also in the
+ErrorInfo metadata). Field names in errors are the field names of the request messages
+below. The reasons come from one catalogue (ledger/domain/reasons.py); each RPC's comment
+lists the ones it can answer, and these every call can:
+reasons:begin
+Reasons every call can answer, before any of its own (the edge, in the order its checks
+run): PERMISSION_DENIED METHOD_NOT_ALLOWED; RESOURCE_EXHAUSTED SERVER_BUSY;
+UNAUTHENTICATED API_KEY_MISSING, API_KEY_MALFORMED, API_KEY_INVALID, API_KEY_REVOKED,
+API_KEY_EXPIRED; RESOURCE_EXHAUSTED QUOTA_EXCEEDED; PERMISSION_DENIED ROLE_NOT_ALLOWED;
+RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE; INVALID_ARGUMENT MALFORMED_REQUEST;
+PERMISSION_DENIED BANK_OUT_OF_SCOPE; INVALID_ARGUMENT MEMBER_TOKEN_NOT_APPLICABLE;
+UNAUTHENTICATED MEMBER_TOKEN_MALFORMED, MEMBER_TOKEN_ALGORITHM_NOT_ALLOWED,
+MEMBER_TOKEN_UNKNOWN_KEY, MEMBER_TOKEN_BAD_SIGNATURE, MEMBER_TOKEN_WRONG_BANK,
+MEMBER_TOKEN_EXPIRED, MEMBER_TOKEN_NOT_YET_VALID, MEMBER_TOKEN_LIFETIME_TOO_LONG; and
+INTERNAL INTERNAL for a bug (its details go to the server's log only). An RPC's own
+reasons are listed in its comment in the order its checks run: a request wrong in two
+ways gets the earlier one (a field's own checks run field by field, in the request's
+order).
+
+Every write can also answer, where its comment says so, in this order (queueing, loading
+the bank, committing, awaiting the commit): RESOURCE_EXHAUSTED WRITER_OVERLOADED;
+UNAVAILABLE WRITER_STOPPED, STORE_UNAVAILABLE; DATA_LOSS HISTORY_DAMAGED; UNAVAILABLE
+COMMIT_FAILED; ABORTED WRITE_CONFLICT; UNAVAILABLE WRITER_TIMEOUT. Each of them means:
+retry the same request with the same ids.
+
+grpc.health.v1.Health/List answers RESOURCE_EXHAUSTED TOO_MANY_SERVICES beyond 1,000
+services.
+reasons:end
+
+Lists (AIP-158): `page_size` 0 means 50; more than 1,000 is treated as 1,000 (the
+maximum, never refused); a negative size is INVALID_ARGUMENT (INVALID_PAGE_SIZE). Pass
+`next_page_token` back with the same other fields (another filter: INVALID_PAGE_TOKEN);
+it is empty on the last page. A page may hold fewer items than asked for, even none, and
+still have a next page: a filter that no index answers alone is checked on a bounded
+number of rows per page, so that every page costs the same whatever the history's
+length. `total_size` is set when the exact number of matching items is cheap to know: on
+every page from a bank's own counts (its accounts, its transfers), and on a list's first
+page when the list's index holds at most 1,000 entries for it and no filter is checked row
+by row; it is unset otherwise.
 
 Ids (`bank_id`, `account_id`, `transfer_id`, `request_id`): 1 to 64 characters from
 letters, digits and `. _ : -`, starting with a letter or digit.
@@ -24,6 +62,7 @@ letters, digits and `. _ : -`, starting with a letter or digit.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -53,6 +92,10 @@ class _AccountKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountKi
     """A pooled budget that members and services contribute to and draw grants from."""
     ACCOUNT_KIND_SYSTEM: _AccountKind.ValueType  # 3
     """An account the bank itself uses (for example, opening grants)."""
+    ACCOUNT_KIND_ORGANISATION: _AccountKind.ValueType  # 4
+    """A service taking part in co-production (a surgery, a school, a housing association).
+    Like pools and system accounts, it needs no member token to be debited.
+    """
 
 class AccountKind(_AccountKind, metaclass=_AccountKindEnumTypeWrapper):
     """What an account is for."""
@@ -65,6 +108,10 @@ ACCOUNT_KIND_POOL: AccountKind.ValueType  # 2
 """A pooled budget that members and services contribute to and draw grants from."""
 ACCOUNT_KIND_SYSTEM: AccountKind.ValueType  # 3
 """An account the bank itself uses (for example, opening grants)."""
+ACCOUNT_KIND_ORGANISATION: AccountKind.ValueType  # 4
+"""A service taking part in co-production (a surgery, a school, a housing association).
+Like pools and system accounts, it needs no member token to be debited.
+"""
 Global___AccountKind: _TypeAlias = AccountKind  # noqa: Y015
 
 class _AccountStatus:
@@ -155,6 +202,68 @@ TRANSFER_STATUS_EXPIRED: TransferStatus.ValueType  # 4
 """The hold reached its deadline unresolved; nothing moved."""
 Global___TransferStatus: _TypeAlias = TransferStatus  # noqa: Y015
 
+class _TransferState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_STATE_UNSPECIFIED: _TransferState.ValueType  # 0
+    """Not set: every state."""
+    TRANSFER_STATE_PENDING: _TransferState.ValueType  # 1
+    """Held: awaiting posting or voiding."""
+    TRANSFER_STATE_POSTED: _TransferState.ValueType  # 2
+    """Posted (at once, or a pending one posted, or a reversal) and not reversed."""
+    TRANSFER_STATE_VOIDED: _TransferState.ValueType  # 3
+    """A pending transfer voided."""
+    TRANSFER_STATE_EXPIRED: _TransferState.ValueType  # 4
+    """A pending transfer that reached its deadline unresolved."""
+    TRANSFER_STATE_REVERSED: _TransferState.ValueType  # 5
+    """Posted, then undone by a reversal."""
+
+class TransferState(_TransferState, metaclass=_TransferStateEnumTypeWrapper):
+    """Where a transfer stands, for filtering lists: its status, with the posted transfers a
+    reversal undid told apart (their status stays POSTED, with `reversed_by_transfer_id`).
+    """
+
+TRANSFER_STATE_UNSPECIFIED: TransferState.ValueType  # 0
+"""Not set: every state."""
+TRANSFER_STATE_PENDING: TransferState.ValueType  # 1
+"""Held: awaiting posting or voiding."""
+TRANSFER_STATE_POSTED: TransferState.ValueType  # 2
+"""Posted (at once, or a pending one posted, or a reversal) and not reversed."""
+TRANSFER_STATE_VOIDED: TransferState.ValueType  # 3
+"""A pending transfer voided."""
+TRANSFER_STATE_EXPIRED: TransferState.ValueType  # 4
+"""A pending transfer that reached its deadline unresolved."""
+TRANSFER_STATE_REVERSED: TransferState.ValueType  # 5
+"""Posted, then undone by a reversal."""
+Global___TransferState: _TypeAlias = TransferState  # noqa: Y015
+
+class _PendingSide:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PendingSideEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PendingSide.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PENDING_SIDE_UNSPECIFIED: _PendingSide.ValueType  # 0
+    """Not set: both sides."""
+    PENDING_SIDE_PAYER: _PendingSide.ValueType  # 1
+    """The account pays: its minutes are held."""
+    PENDING_SIDE_PAYEE: _PendingSide.ValueType  # 2
+    """The account is paid: minutes are held for it."""
+
+class PendingSide(_PendingSide, metaclass=_PendingSideEnumTypeWrapper):
+    """Which side of its pending transfers an inbox shows."""
+
+PENDING_SIDE_UNSPECIFIED: PendingSide.ValueType  # 0
+"""Not set: both sides."""
+PENDING_SIDE_PAYER: PendingSide.ValueType  # 1
+"""The account pays: its minutes are held."""
+PENDING_SIDE_PAYEE: PendingSide.ValueType  # 2
+"""The account is paid: minutes are held for it."""
+Global___PendingSide: _TypeAlias = PendingSide  # noqa: Y015
+
 @_typing.final
 class Bank(_message.Message):
     """---------------------------------------------------------------------------------------
@@ -220,6 +329,26 @@ class Account(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -232,6 +361,8 @@ class Account(_message.Message):
     OPENED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The client-chosen id of the account, unique within its bank."""
     kind: Global___AccountKind.ValueType
@@ -255,13 +386,24 @@ class Account(_message.Message):
     """
     position: _builtins.int
     """Position of the last event in the bank's history that changed this account."""
+    label: _builtins.str
+    """A display label the bank chose, at most 128 characters; empty if none. The history is
+    immutable, so never put personal data here (a name, health details): put an id that
+    the bank's own front-end resolves to the person, and keep the person there.
+    """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp:
         """When the account was opened."""
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
-        """When the account last changed (a transfer, a hold, a limit or a status)."""
+        """When the account last changed (a transfer, a hold, a limit, a status or its metadata)."""
+
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The bank's own key/value tags (at most 16; keys 1 to 32 characters from a-z, 0-9 and
+        `. _ -`; values at most 256 characters). No personal data, as for `label`.
+        """
 
     def __init__(
         self,
@@ -278,10 +420,12 @@ class Account(_message.Message):
         opened_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         position: _builtins.int = ...,
+        label: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "opened_at", b"opened_at", "updated_at", b"updated_at", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "available_minutes", b"available_minutes", "balance_minutes", b"balance_minutes", "kind", b"kind", "lower_limit_minutes", b"lower_limit_minutes", "opened_at", b"opened_at", "pending_credit_minutes", b"pending_credit_minutes", "pending_debit_minutes", b"pending_debit_minutes", "position", b"position", "status", b"status", "updated_at", b"updated_at", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "available_minutes", b"available_minutes", "balance_minutes", b"balance_minutes", "kind", b"kind", "label", b"label", "lower_limit_minutes", b"lower_limit_minutes", "opened_at", b"opened_at", "pending_credit_minutes", b"pending_credit_minutes", "pending_debit_minutes", b"pending_debit_minutes", "position", b"position", "status", b"status", "tags", b"tags", "updated_at", b"updated_at", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__upper_limit_minutes: _TypeAlias = _typing.Literal["upper_limit_minutes"]  # noqa: Y015
     _WhichOneofArgType__upper_limit_minutes: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes"]  # noqa: Y015
@@ -342,7 +486,9 @@ class Transfer(_message.Message):
     reversed_by_transfer_id: _builtins.str
     """The reversal that undid this transfer; empty if it was not reversed."""
     reason: _builtins.str
-    """Why it was reversed or voided, at most 500 characters."""
+    """A reversal: why it undoes its transfer; a voided pending transfer: why it was voided
+    (as given to VoidPendingTransfer); at most 500 characters, empty otherwise.
+    """
     actor: _builtins.str
     """Who recorded it: the authenticated caller, `key:<key id>`, followed by
     `/member:<account id>` when a member token was given.
@@ -363,7 +509,9 @@ class Transfer(_message.Message):
 
     @_builtins.property
     def resolved_at(self) -> _timestamp_pb2.Timestamp:
-        """Pending only: when it was posted, voided or expired; unset while pending."""
+        """Pending transfers only: when it was posted, voided or expired; unset while pending, and
+        always unset for immediate transfers and reversals (they never pend; see `created_at`).
+        """
 
     def __init__(
         self,
@@ -434,7 +582,9 @@ class TransferError(_message.Message):
     """
     reason: _builtins.str
     """UPPER_SNAKE reason, as in ErrorInfo (for example "EXCEEDS_LOWER_LIMIT", or
-    "LINKED_EVENT_FAILED" for the other items of a refused linked batch).
+    "LINKED_EVENT_FAILED" for the other items of a refused linked batch: their metadata
+    names the item itself, `transfer_id`, and the one at fault, `failed_index` and
+    `failed_transfer_id`). CreateTransfers lists every reason an item can have.
     """
     message: _builtins.str
     """Human-readable explanation, in English."""
@@ -742,22 +892,30 @@ class ListAccountsRequest(_message.Message):
     BANK_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank whose accounts to list."""
     page_size: _builtins.int
-    """The most accounts to return, at most 1,000; 0 means the default of 50."""
+    """The most accounts to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
+    kind: Global___AccountKind.ValueType
+    """Only accounts of this kind; unspecified: every kind."""
+    status: Global___AccountStatus.ValueType
+    """Only accounts with this status; unspecified: every status."""
     def __init__(
         self,
         *,
         bank_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        kind: Global___AccountKind.ValueType = ...,
+        status: Global___AccountStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_id", b"bank_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_id", b"bank_id", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,8 +929,13 @@ class ListAccountsResponse(_message.Message):
 
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """How many accounts match in all: always set without a filter; with one, set on the first
+    page when at most 1,000 match (GetBankReport counts accounts by kind and status).
+    """
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
         """Accounts in the order they were opened."""
@@ -782,12 +945,15 @@ class ListAccountsResponse(_message.Message):
         *,
         accounts: _abc.Iterable[Global___Account] | None = ...,
         next_page_token: _builtins.str = ...,
+        total_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "total_size", b"total_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "accounts", b"accounts", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
+    _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_size) -> _WhichOneofReturnType__total_size | None: ...
 
 Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
 
@@ -804,6 +970,7 @@ class ChangeAccountLimitsRequest(_message.Message):
     UPPER_LIMIT_MINUTES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ACTOR_LABEL_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the account is in."""
     request_id: _builtins.str
@@ -811,32 +978,50 @@ class ChangeAccountLimitsRequest(_message.Message):
     account_id: _builtins.str
     """The account to change."""
     lower_limit_minutes: _builtins.int
-    """The new lower limit: between -1,000,000,000,000 and 0 minutes."""
+    """The new lower limit: between -1,000,000,000,000 and 0 minutes. Unset in a named mask
+    means 0.
+    """
     upper_limit_minutes: _builtins.int
-    """The new upper limit, between 0 and 1,000,000,000,000 minutes; unset: no cap."""
+    """The new upper limit, between 0 and 1,000,000,000,000 minutes. Unset in a named mask
+    means no cap.
+    """
     reason: _builtins.str
     """Why, at most 500 characters."""
     actor_label: _builtins.str
     """A label for who acted, as the client names them (a coordinator's name, say), at most
     128 characters. The ledger records the authenticated caller as the actor beside it.
     """
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The limits to change (AIP-134): `lower_limit_minutes`, `upper_limit_minutes`, or `*`
+        for both. Without a mask, the limits the request sets change and the others keep
+        their values; so removing a cap needs the mask `upper_limit_minutes` with the field
+        unset. A mask or request that changes nothing is INVALID_ARGUMENT (NOTHING_TO_CHANGE).
+        """
+
     def __init__(
         self,
         *,
         bank_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
-        lower_limit_minutes: _builtins.int = ...,
+        lower_limit_minutes: _builtins.int | None = ...,
         upper_limit_minutes: _builtins.int | None = ...,
         reason: _builtins.str = ...,
         actor_label: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower_limit_minutes", b"_lower_limit_minutes", "_upper_limit_minutes", b"_upper_limit_minutes", "lower_limit_minutes", b"lower_limit_minutes", "update_mask", b"update_mask", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "lower_limit_minutes", b"lower_limit_minutes", "reason", b"reason", "request_id", b"request_id", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower_limit_minutes", b"_lower_limit_minutes", "_upper_limit_minutes", b"_upper_limit_minutes", "account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "lower_limit_minutes", b"lower_limit_minutes", "reason", b"reason", "request_id", b"request_id", "update_mask", b"update_mask", "upper_limit_minutes", b"upper_limit_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__lower_limit_minutes: _TypeAlias = _typing.Literal["lower_limit_minutes"]  # noqa: Y015
+    _WhichOneofArgType__lower_limit_minutes: _TypeAlias = _typing.Literal["_lower_limit_minutes", b"_lower_limit_minutes"]  # noqa: Y015
     _WhichOneofReturnType__upper_limit_minutes: _TypeAlias = _typing.Literal["upper_limit_minutes"]  # noqa: Y015
     _WhichOneofArgType__upper_limit_minutes: _TypeAlias = _typing.Literal["_upper_limit_minutes", b"_upper_limit_minutes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_limit_minutes) -> _WhichOneofReturnType__lower_limit_minutes | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_limit_minutes) -> _WhichOneofReturnType__upper_limit_minutes | None: ...
 
 Global___ChangeAccountLimitsRequest: _TypeAlias = ChangeAccountLimitsRequest  # noqa: Y015
@@ -868,6 +1053,112 @@ class ChangeAccountLimitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangeAccountLimitsResponse: _TypeAlias = ChangeAccountLimitsResponse  # noqa: Y015
+
+@_typing.final
+class ChangeAccountMetadataRequest(_message.Message):
+    """Request for ChangeAccountMetadata."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BANK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ACTOR_LABEL_FIELD_NUMBER: _builtins.int
+    bank_id: _builtins.str
+    """The bank the account is in."""
+    request_id: _builtins.str
+    """The client-chosen id of this change; the idempotency key."""
+    account_id: _builtins.str
+    """The account to change."""
+    label: _builtins.str
+    """The new display label, at most 128 characters ("" clears it). No personal data."""
+    actor_label: _builtins.str
+    """A label for who acted, as the client names them (a coordinator's name, say), at most
+    128 characters. The ledger records the authenticated caller as the actor beside it.
+    """
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The new tags, replacing the old ones whole (at most 16; keys 1 to 32 characters from
+        a-z, 0-9 and `. _ -`; values at most 256 characters). No personal data.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """What to change (AIP-134): `label`, `tags`, or `*` for both. Without a mask: `label` if
+        it is set, `tags` if any is given; so clearing the tags needs the mask `tags`.
+        """
+
+    def __init__(
+        self,
+        *,
+        bank_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        label: _builtins.str | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        actor_label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "label", b"label", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "account_id", b"account_id", "actor_label", b"actor_label", "bank_id", b"bank_id", "label", b"label", "request_id", b"request_id", "tags", b"tags", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__label: _TypeAlias = _typing.Literal["label"]  # noqa: Y015
+    _WhichOneofArgType__label: _TypeAlias = _typing.Literal["_label", b"_label"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__label) -> _WhichOneofReturnType__label | None: ...
+
+Global___ChangeAccountMetadataRequest: _TypeAlias = ChangeAccountMetadataRequest  # noqa: Y015
+
+@_typing.final
+class ChangeAccountMetadataResponse(_message.Message):
+    """Response for ChangeAccountMetadata."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Position of the event that changed the metadata."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change, with its label and tags."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeAccountMetadataResponse: _TypeAlias = ChangeAccountMetadataResponse  # noqa: Y015
 
 @_typing.final
 class FreezeAccountRequest(_message.Message):
@@ -1551,6 +1842,46 @@ class GetTransferResponse(_message.Message):
 Global___GetTransferResponse: _TypeAlias = GetTransferResponse  # noqa: Y015
 
 @_typing.final
+class TransferFilter(_message.Message):
+    """Which transfers a list holds; every field is optional and they combine (AND)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CREATED_FROM_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    state: Global___TransferState.ValueType
+    """Only transfers in this state."""
+    category: _builtins.str
+    """Only transfers of this category (exact match; "" for those recorded without one)."""
+    @_builtins.property
+    def created_from(self) -> _timestamp_pb2.Timestamp:
+        """Only transfers recorded at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only transfers recorded before this time; after `created_from` (INVALID_TIME_RANGE)."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___TransferState.ValueType = ...,
+        category: _builtins.str | None = ...,
+        created_from: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_category", b"_category", "category", b"category", "created_before", b"created_before", "created_from", b"created_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_category", b"_category", "category", b"category", "created_before", b"created_before", "created_from", b"created_from", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__category: _TypeAlias = _typing.Literal["category"]  # noqa: Y015
+    _WhichOneofArgType__category: _TypeAlias = _typing.Literal["_category", b"_category"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__category) -> _WhichOneofReturnType__category | None: ...
+
+Global___TransferFilter: _TypeAlias = TransferFilter  # noqa: Y015
+
+@_typing.final
 class ListAccountTransfersRequest(_message.Message):
     """Request for ListAccountTransfers."""
 
@@ -1560,14 +1891,22 @@ class ListAccountTransfersRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     bank_id: _builtins.str
     """The bank the account is in."""
     account_id: _builtins.str
     """The account whose transfers (paid or received) to list."""
     page_size: _builtins.int
-    """The most transfers to return, at most 1,000; 0 means the default of 50."""
+    """The most transfers to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
+    @_builtins.property
+    def filter(self) -> Global___TransferFilter:
+        """Which transfers; unset: all of them. A state filter is answered by an index; a
+        category, POSTED (not reversed) and a time range's edges are checked row by row
+        (pages may then be short: see the top of this file).
+        """
+
     def __init__(
         self,
         *,
@@ -1575,10 +1914,11 @@ class ListAccountTransfersRequest(_message.Message):
         account_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: Global___TransferFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bank_id", b"bank_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bank_id", b"bank_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1592,8 +1932,11 @@ class ListAccountTransfersResponse(_message.Message):
 
     TRANSFERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """How many transfers match in all, when it is cheap to know (see the top of this file)."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transfer]:
         """Transfers, newest first."""
@@ -1603,11 +1946,252 @@ class ListAccountTransfersResponse(_message.Message):
         *,
         transfers: _abc.Iterable[Global___Transfer] | None = ...,
         next_page_token: _builtins.str = ...,
+        total_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "total_size", b"total_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "next_page_token", b"next_page_token", "total_size", b"total_size", "transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
+    _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_size) -> _WhichOneofReturnType__total_size | None: ...
+
+Global___ListAccountTransfersResponse: _TypeAlias = ListAccountTransfersResponse  # noqa: Y015
+
+@_typing.final
+class ListPendingTransfersRequest(_message.Message):
+    """Request for ListPendingTransfers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    bank_id: _builtins.str
+    """The bank the account is in."""
+    account_id: _builtins.str
+    """The account whose pending transfers to list."""
+    side: Global___PendingSide.ValueType
+    """As payer, as payee, or (unspecified) both."""
+    page_size: _builtins.int
+    """The most transfers to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        bank_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        side: Global___PendingSide.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bank_id", b"bank_id", "page_size", b"page_size", "page_token", b"page_token", "side", b"side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListAccountTransfersResponse: _TypeAlias = ListAccountTransfersResponse  # noqa: Y015
+Global___ListPendingTransfersRequest: _TypeAlias = ListPendingTransfersRequest  # noqa: Y015
+
+@_typing.final
+class ListPendingTransfersResponse(_message.Message):
+    """Response for ListPendingTransfers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """How many are pending in all, set on the first page when at most 1,000 are (a badge)."""
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transfer]:
+        """Pending transfers, newest first."""
+
+    def __init__(
+        self,
+        *,
+        transfers: _abc.Iterable[Global___Transfer] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "total_size", b"total_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "next_page_token", b"next_page_token", "total_size", b"total_size", "transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
+    _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_size) -> _WhichOneofReturnType__total_size | None: ...
+
+Global___ListPendingTransfersResponse: _TypeAlias = ListPendingTransfersResponse  # noqa: Y015
+
+@_typing.final
+class ListTransfersRequest(_message.Message):
+    """Request for ListTransfers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    bank_id: _builtins.str
+    """The bank whose transfers to list."""
+    page_size: _builtins.int
+    """The most transfers to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    @_builtins.property
+    def filter(self) -> Global___TransferFilter:
+        """Which transfers; unset: all of them (as in ListAccountTransfersRequest)."""
+
+    def __init__(
+        self,
+        *,
+        bank_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: Global___TransferFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_id", b"bank_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransfersRequest: _TypeAlias = ListTransfersRequest  # noqa: Y015
+
+@_typing.final
+class ListTransfersResponse(_message.Message):
+    """Response for ListTransfers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """How many transfers match in all: always set without a filter (the bank's
+    `transfer_count`), otherwise when it is cheap to know (see the top of this file).
+    """
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transfer]:
+        """Transfers, newest first."""
+
+    def __init__(
+        self,
+        *,
+        transfers: _abc.Iterable[Global___Transfer] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "total_size", b"total_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "next_page_token", b"next_page_token", "total_size", b"total_size", "transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
+    _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_size) -> _WhichOneofReturnType__total_size | None: ...
+
+Global___ListTransfersResponse: _TypeAlias = ListTransfersResponse  # noqa: Y015
+
+@_typing.final
+class ListBanksRequest(_message.Message):
+    """Request for ListBanks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most banks to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBanksRequest: _TypeAlias = ListBanksRequest  # noqa: Y015
+
+@_typing.final
+class BankEntry(_message.Message):
+    """A bank as the deployment's operator sees it: what names it, none of its data (its
+    counts, position and chain head are for the bank's own keys, through GetBank).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    bank_id: _builtins.str
+    """The client-chosen id of the bank."""
+    name: _builtins.str
+    """Display name, 1 to 200 characters."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the bank was created."""
+
+    def __init__(
+        self,
+        *,
+        bank_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_id", b"bank_id", "created_at", b"created_at", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BankEntry: _TypeAlias = BankEntry  # noqa: Y015
+
+@_typing.final
+class ListBanksResponse(_message.Message):
+    """Response for ListBanks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """How many banks the deployment holds, set on the first page when at most 1,000."""
+    @_builtins.property
+    def banks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BankEntry]:
+        """Banks, by bank id."""
+
+    def __init__(
+        self,
+        *,
+        banks: _abc.Iterable[Global___BankEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "total_size", b"total_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "banks", b"banks", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
+    _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_size) -> _WhichOneofReturnType__total_size | None: ...
+
+Global___ListBanksResponse: _TypeAlias = ListBanksResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class LedgerServiceStub:
                 request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountLimitsRequest.SerializeToString,
                 response_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountLimitsResponse.FromString,
                 _registered_method=True)
+        self.ChangeAccountMetadata = channel.unary_unary(
+                '/timebank.ledger.v1.LedgerService/ChangeAccountMetadata',
+                request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountMetadataRequest.SerializeToString,
+                response_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountMetadataResponse.FromString,
+                _registered_method=True)
         self.FreezeAccount = channel.unary_unary(
                 '/timebank.ledger.v1.LedgerService/FreezeAccount',
                 request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.FreezeAccountRequest.SerializeToString,
@@ -115,6 +120,21 @@ class LedgerServiceStub:
                 request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountTransfersRequest.SerializeToString,
                 response_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountTransfersResponse.FromString,
                 _registered_method=True)
+        self.ListPendingTransfers = channel.unary_unary(
+                '/timebank.ledger.v1.LedgerService/ListPendingTransfers',
+                request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListPendingTransfersRequest.SerializeToString,
+                response_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListPendingTransfersResponse.FromString,
+                _registered_method=True)
+        self.ListTransfers = channel.unary_unary(
+                '/timebank.ledger.v1.LedgerService/ListTransfers',
+                request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListTransfersRequest.SerializeToString,
+                response_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListTransfersResponse.FromString,
+                _registered_method=True)
+        self.ListBanks = channel.unary_unary(
+                '/timebank.ledger.v1.LedgerService/ListBanks',
+                request_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListBanksRequest.SerializeToString,
+                response_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListBanksResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -123,6 +143,9 @@ class LedgerServiceServicer:
 
     def CreateBank(self, request, context):
         """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; RESOURCE_EXHAUSTED BANKS_MAX_REACHED; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_NAME; and a write's (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +153,8 @@ class LedgerServiceServicer:
 
     def GetBank(self, request, context):
         """Reads a bank's summary.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +162,11 @@ class LedgerServiceServicer:
 
     def OpenAccount(self, request, context):
         """Opens an account. Idempotent under the client-chosen `account_id`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_LIMIT, INVALID_CHARACTERS; NOT_FOUND
+        BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES;
+        and a write's (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,21 +174,50 @@ class LedgerServiceServicer:
 
     def GetAccount(self, request, context):
         """Reads one account.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccounts(self, request, context):
-        """Lists a bank's accounts in the order they were opened (AIP-158).
+        """Lists a bank's accounts in the order they were opened (AIP-158), of one kind and/or
+        status if asked: for a coordinator, say, the frozen accounts.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_ACCOUNT_STATUS, INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ChangeAccountLimits(self, request, context):
-        """Changes an account's limits. History is never rewritten: a lower limit set below
-        the current balance is accepted and only blocks further debits.
+        """Changes an account's limits: those named in `update_mask` (AIP-134), or without one,
+        those the request sets. A limit not named keeps its value. History is never rewritten:
+        a lower limit set below the current balance is accepted and only blocks further debits.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_LIMIT, INVALID_CHARACTERS;
+        NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES,
+        EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_REASON,
+        EXISTS_WITH_DIFFERENT_UPDATE_MASK; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED; and a write's (see the top of this file).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeAccountMetadata(self, request, context):
+        """Changes an account's display label and/or tags (AIP-134 update mask, as for limits).
+        An immutable history is no place for personal data: see `Account.label`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_CHARACTERS, TOO_MANY_TAGS,
+        INVALID_TAG_KEY; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LABEL,
+        EXISTS_WITH_DIFFERENT_TAGS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED; and a write's (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +225,12 @@ class LedgerServiceServicer:
 
     def FreezeAccount(self, request, context):
         """Freezes an open account: it can neither pay nor receive until unfrozen.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+        ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_OPEN; and a write's
+        (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +238,12 @@ class LedgerServiceServicer:
 
     def UnfreezeAccount(self, request, context):
         """Unfreezes a frozen account.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+        ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_FROZEN; and a
+        write's (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +251,12 @@ class LedgerServiceServicer:
 
     def CloseAccount(self, request, context):
         """Closes an account for good.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+        ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_HAS_BALANCE,
+        ACCOUNT_HAS_PENDING; and a write's (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +264,17 @@ class LedgerServiceServicer:
 
     def CreateTransfer(self, request, context):
         """Records one transfer: immediate (posted at once) or pending (a hold on the amount).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS,
+        INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT; NOT_FOUND BANK_NOT_FOUND;
+        ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+        EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+        EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+        EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+        FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the
+        top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +283,19 @@ class LedgerServiceServicer:
     def CreateTransfers(self, request, context):
         """Records many transfers: all or nothing when `linked`, otherwise each on its own.
         The response holds one result per item, in request order.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, BATCH_EMPTY, BATCH_TOO_LARGE; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+        the top of this file).
+        Each item's TransferError: INVALID_ARGUMENT DUPLICATE_ID_IN_BATCH, FIELD_REQUIRED,
+        FIELD_TOO_LONG, INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE,
+        INVALID_CHARACTERS, INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT;
+        ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+        EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+        EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+        EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+        FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT, LINKED_EVENT_FAILED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +303,15 @@ class LedgerServiceServicer:
 
     def PostPendingTransfer(self, request, context):
         """Posts a pending transfer, in full or in part (the rest of the hold is released).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS; NOT_FOUND
+        BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_TRANSFER_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES; NOT_FOUND
+        TRANSFER_NOT_FOUND; FAILED_PRECONDITION TRANSFER_NOT_PENDING,
+        PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+        PENDING_TRANSFER_EXPIRED, ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED; FAILED_PRECONDITION POST_AMOUNT_EXCEEDS_PENDING; and a write's
+        (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +319,12 @@ class LedgerServiceServicer:
 
     def VoidPendingTransfer(self, request, context):
         """Voids a pending transfer: its hold is released and nothing moves.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_TRANSFER_ID,
+        EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+        TRANSFER_NOT_PENDING, PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+        PENDING_TRANSFER_EXPIRED; and a write's (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +332,13 @@ class LedgerServiceServicer:
 
     def ReverseTransfer(self, request, context):
         """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, SAME_TRANSFER, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_REVERSES_TRANSFER_ID,
+        EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+        CANNOT_REVERSE_REVERSAL, TRANSFER_NOT_POSTED, TRANSFER_ALREADY_REVERSED,
+        ACCOUNT_CLOSED, EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the top of
+        this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,13 +346,56 @@ class LedgerServiceServicer:
 
     def GetTransfer(self, request, context):
         """Reads one transfer.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, TRANSFER_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountTransfers(self, request, context):
-        """Lists the transfers an account paid or received, newest first (AIP-158).
+        """Lists the transfers an account paid or received, newest first (AIP-158), filtered by
+        state, category and time recorded: a member's history. Through a member-app key in a
+        bank that requires member tokens, a member's list needs that member's token.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+        INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND,
+        ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPendingTransfers(self, request, context):
+        """A member's inbox: the account's pending transfers, newest first (AIP-158), as payer
+        (holds on its minutes: in a bank where the payer confirms hours received, and with
+        member tokens required, only the payer's token can post them, these await its
+        confirmation) and/or as payee (the minutes it waits to be paid). Each carries its
+        `deadline`. Member tokens as for ListAccountTransfers.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_PENDING_SIDE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND
+        BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransfers(self, request, context):
+        """Lists every transfer of a bank, newest first (AIP-158), with the filters of
+        ListAccountTransfers: a coordinator's view (bank-admin and auditor keys).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+        INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBanks(self, request, context):
+        """Lists the deployment's banks by bank id (AIP-158): an operator key's call, which shows
+        what names each bank and none of its data.
+        Errors, in the order checked: INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +433,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ChangeAccountLimits,
                     request_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountLimitsRequest.FromString,
                     response_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountLimitsResponse.SerializeToString,
+            ),
+            'ChangeAccountMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeAccountMetadata,
+                    request_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountMetadataRequest.FromString,
+                    response_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountMetadataResponse.SerializeToString,
             ),
             'FreezeAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.FreezeAccount,
@@ -317,6 +488,21 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListAccountTransfers,
                     request_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountTransfersRequest.FromString,
                     response_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountTransfersResponse.SerializeToString,
+            ),
+            'ListPendingTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingTransfers,
+                    request_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListPendingTransfersRequest.FromString,
+                    response_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListPendingTransfersResponse.SerializeToString,
+            ),
+            'ListTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransfers,
+                    request_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListTransfersRequest.FromString,
+                    response_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListTransfersResponse.SerializeToString,
+            ),
+            'ListBanks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBanks,
+                    request_deserializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListBanksRequest.FromString,
+                    response_serializer=timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListBanksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +668,33 @@ class LedgerService:
             '/timebank.ledger.v1.LedgerService/ChangeAccountLimits',
             timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountLimitsRequest.SerializeToString,
             timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeAccountMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/timebank.ledger.v1.LedgerService/ChangeAccountMetadata',
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountMetadataRequest.SerializeToString,
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ChangeAccountMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -752,6 +965,87 @@ class LedgerService:
             '/timebank.ledger.v1.LedgerService/ListAccountTransfers',
             timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountTransfersRequest.SerializeToString,
             timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/timebank.ledger.v1.LedgerService/ListPendingTransfers',
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListPendingTransfersRequest.SerializeToString,
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListPendingTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/timebank.ledger.v1.LedgerService/ListTransfers',
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListTransfersRequest.SerializeToString,
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBanks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/timebank.ledger.v1.LedgerService/ListBanks',
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListBanksRequest.SerializeToString,
+            timebank_dot_ledger_dot_v1_dot_ledger__pb2.ListBanksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,8 +15,46 @@ returns the resource as it is now, so for accounts and banks that position may b
 
 Errors use the standard status codes with google.rpc details (AIP-193): always an
 ErrorInfo (domain "timebank-ledger", UPPER_SNAKE reason), a BadRequest field violation
-for INVALID_ARGUMENT and a PreconditionFailure for FAILED_PRECONDITION. Field names in
-errors are the field names of the request messages below.
+for INVALID_ARGUMENT and a PreconditionFailure for FAILED_PRECONDITION whose subject
+names the resource (`accounts/<id>`, `transfers/<id>` or `banks/<id>`, also in the
+ErrorInfo metadata). Field names in errors are the field names of the request messages
+below. The reasons come from one catalogue (ledger/domain/reasons.py); each RPC's comment
+lists the ones it can answer, and these every call can:
+reasons:begin
+Reasons every call can answer, before any of its own (the edge, in the order its checks
+run): PERMISSION_DENIED METHOD_NOT_ALLOWED; RESOURCE_EXHAUSTED SERVER_BUSY;
+UNAUTHENTICATED API_KEY_MISSING, API_KEY_MALFORMED, API_KEY_INVALID, API_KEY_REVOKED,
+API_KEY_EXPIRED; RESOURCE_EXHAUSTED QUOTA_EXCEEDED; PERMISSION_DENIED ROLE_NOT_ALLOWED;
+RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE; INVALID_ARGUMENT MALFORMED_REQUEST;
+PERMISSION_DENIED BANK_OUT_OF_SCOPE; INVALID_ARGUMENT MEMBER_TOKEN_NOT_APPLICABLE;
+UNAUTHENTICATED MEMBER_TOKEN_MALFORMED, MEMBER_TOKEN_ALGORITHM_NOT_ALLOWED,
+MEMBER_TOKEN_UNKNOWN_KEY, MEMBER_TOKEN_BAD_SIGNATURE, MEMBER_TOKEN_WRONG_BANK,
+MEMBER_TOKEN_EXPIRED, MEMBER_TOKEN_NOT_YET_VALID, MEMBER_TOKEN_LIFETIME_TOO_LONG; and
+INTERNAL INTERNAL for a bug (its details go to the server's log only). An RPC's own
+reasons are listed in its comment in the order its checks run: a request wrong in two
+ways gets the earlier one (a field's own checks run field by field, in the request's
+order).
+
+Every write can also answer, where its comment says so, in this order (queueing, loading
+the bank, committing, awaiting the commit): RESOURCE_EXHAUSTED WRITER_OVERLOADED;
+UNAVAILABLE WRITER_STOPPED, STORE_UNAVAILABLE; DATA_LOSS HISTORY_DAMAGED; UNAVAILABLE
+COMMIT_FAILED; ABORTED WRITE_CONFLICT; UNAVAILABLE WRITER_TIMEOUT. Each of them means:
+retry the same request with the same ids.
+
+grpc.health.v1.Health/List answers RESOURCE_EXHAUSTED TOO_MANY_SERVICES beyond 1,000
+services.
+reasons:end
+
+Lists (AIP-158): `page_size` 0 means 50; more than 1,000 is treated as 1,000 (the
+maximum, never refused); a negative size is INVALID_ARGUMENT (INVALID_PAGE_SIZE). Pass
+`next_page_token` back with the same other fields (another filter: INVALID_PAGE_TOKEN);
+it is empty on the last page. A page may hold fewer items than asked for, even none, and
+still have a next page: a filter that no index answers alone is checked on a bounded
+number of rows per page, so that every page costs the same whatever the history's
+length. `total_size` is set when the exact number of matching items is cheap to know: on
+every page from a bank's own counts (its accounts, its transfers), and on a list's first
+page when the list's index holds at most 1,000 entries for it and no filter is checked row
+by row; it is unset otherwise.
 
 Ids (`bank_id`, `account_id`, `transfer_id`, `request_id`): 1 to 64 characters from
 letters, digits and `. _ : -`, starting with a letter or digit.
@@ -53,41 +91,185 @@ class LedgerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     CreateBank: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateBankRequest, _ledger_pb2.CreateBankResponse]
-    """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`."""
+    """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; RESOURCE_EXHAUSTED BANKS_MAX_REACHED; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_NAME; and a write's (see the top of this file).
+    """
     GetBank: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBankRequest, _ledger_pb2.GetBankResponse]
-    """Reads a bank's summary."""
+    """Reads a bank's summary.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
+    """
     OpenAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.OpenAccountRequest, _ledger_pb2.OpenAccountResponse]
-    """Opens an account. Idempotent under the client-chosen `account_id`."""
+    """Opens an account. Idempotent under the client-chosen `account_id`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_LIMIT, INVALID_CHARACTERS; NOT_FOUND
+    BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES;
+    and a write's (see the top of this file).
+    """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]
-    """Reads one account."""
+    """Reads one account.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED.
+    """
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]
-    """Lists a bank's accounts in the order they were opened (AIP-158)."""
+    """Lists a bank's accounts in the order they were opened (AIP-158), of one kind and/or
+    status if asked: for a coordinator, say, the frozen accounts.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_ACCOUNT_STATUS, INVALID_PAGE_SIZE,
+    INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+    """
     ChangeAccountLimits: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ChangeAccountLimitsRequest, _ledger_pb2.ChangeAccountLimitsResponse]
-    """Changes an account's limits. History is never rewritten: a lower limit set below
-    the current balance is accepted and only blocks further debits.
+    """Changes an account's limits: those named in `update_mask` (AIP-134), or without one,
+    those the request sets. A limit not named keeps its value. History is never rewritten:
+    a lower limit set below the current balance is accepted and only blocks further debits.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_LIMIT, INVALID_CHARACTERS;
+    NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES,
+    EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_REASON,
+    EXISTS_WITH_DIFFERENT_UPDATE_MASK; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED; and a write's (see the top of this file).
+    """
+    ChangeAccountMetadata: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ChangeAccountMetadataRequest, _ledger_pb2.ChangeAccountMetadataResponse]
+    """Changes an account's display label and/or tags (AIP-134 update mask, as for limits).
+    An immutable history is no place for personal data: see `Account.label`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_CHARACTERS, TOO_MANY_TAGS,
+    INVALID_TAG_KEY; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LABEL,
+    EXISTS_WITH_DIFFERENT_TAGS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED; and a write's (see the top of this file).
     """
     FreezeAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.FreezeAccountRequest, _ledger_pb2.FreezeAccountResponse]
-    """Freezes an open account: it can neither pay nor receive until unfrozen."""
+    """Freezes an open account: it can neither pay nor receive until unfrozen.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+    ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_OPEN; and a write's
+    (see the top of this file).
+    """
     UnfreezeAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.UnfreezeAccountRequest, _ledger_pb2.UnfreezeAccountResponse]
-    """Unfreezes a frozen account."""
+    """Unfreezes a frozen account.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+    ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_FROZEN; and a
+    write's (see the top of this file).
+    """
     CloseAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CloseAccountRequest, _ledger_pb2.CloseAccountResponse]
-    """Closes an account for good."""
+    """Closes an account for good.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+    ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_HAS_BALANCE,
+    ACCOUNT_HAS_PENDING; and a write's (see the top of this file).
+    """
     CreateTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateTransferRequest, _ledger_pb2.CreateTransferResponse]
-    """Records one transfer: immediate (posted at once) or pending (a hold on the amount)."""
+    """Records one transfer: immediate (posted at once) or pending (a hold on the amount).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS,
+    INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT; NOT_FOUND BANK_NOT_FOUND;
+    ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+    EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+    EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+    EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+    FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the
+    top of this file).
+    """
     CreateTransfers: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateTransfersRequest, _ledger_pb2.CreateTransfersResponse]
     """Records many transfers: all or nothing when `linked`, otherwise each on its own.
     The response holds one result per item, in request order.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, BATCH_EMPTY, BATCH_TOO_LARGE; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+    the top of this file).
+    Each item's TransferError: INVALID_ARGUMENT DUPLICATE_ID_IN_BATCH, FIELD_REQUIRED,
+    FIELD_TOO_LONG, INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE,
+    INVALID_CHARACTERS, INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT;
+    ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+    EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+    EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+    EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+    FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT, LINKED_EVENT_FAILED.
     """
     PostPendingTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PostPendingTransferRequest, _ledger_pb2.PostPendingTransferResponse]
-    """Posts a pending transfer, in full or in part (the rest of the hold is released)."""
+    """Posts a pending transfer, in full or in part (the rest of the hold is released).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS; NOT_FOUND
+    BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_TRANSFER_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES; NOT_FOUND
+    TRANSFER_NOT_FOUND; FAILED_PRECONDITION TRANSFER_NOT_PENDING,
+    PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+    PENDING_TRANSFER_EXPIRED, ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED; FAILED_PRECONDITION POST_AMOUNT_EXCEEDS_PENDING; and a write's
+    (see the top of this file).
+    """
     VoidPendingTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.VoidPendingTransferRequest, _ledger_pb2.VoidPendingTransferResponse]
-    """Voids a pending transfer: its hold is released and nothing moves."""
+    """Voids a pending transfer: its hold is released and nothing moves.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_TRANSFER_ID,
+    EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+    TRANSFER_NOT_PENDING, PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+    PENDING_TRANSFER_EXPIRED; and a write's (see the top of this file).
+    """
     ReverseTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReverseTransferRequest, _ledger_pb2.ReverseTransferResponse]
-    """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted."""
+    """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, SAME_TRANSFER, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_REVERSES_TRANSFER_ID,
+    EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+    CANNOT_REVERSE_REVERSAL, TRANSFER_NOT_POSTED, TRANSFER_ALREADY_REVERSED,
+    ACCOUNT_CLOSED, EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the top of
+    this file).
+    """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetTransferRequest, _ledger_pb2.GetTransferResponse]
-    """Reads one transfer."""
+    """Reads one transfer.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, TRANSFER_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED.
+    """
     ListAccountTransfers: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountTransfersRequest, _ledger_pb2.ListAccountTransfersResponse]
-    """Lists the transfers an account paid or received, newest first (AIP-158)."""
+    """Lists the transfers an account paid or received, newest first (AIP-158), filtered by
+    state, category and time recorded: a member's history. Through a member-app key in a
+    bank that requires member tokens, a member's list needs that member's token.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+    INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND,
+    ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+    """
+    ListPendingTransfers: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListPendingTransfersRequest, _ledger_pb2.ListPendingTransfersResponse]
+    """A member's inbox: the account's pending transfers, newest first (AIP-158), as payer
+    (holds on its minutes: in a bank where the payer confirms hours received, and with
+    member tokens required, only the payer's token can post them, these await its
+    confirmation) and/or as payee (the minutes it waits to be paid). Each carries its
+    `deadline`. Member tokens as for ListAccountTransfers.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_PENDING_SIDE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND
+    BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+    """
+    ListTransfers: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListTransfersRequest, _ledger_pb2.ListTransfersResponse]
+    """Lists every transfer of a bank, newest first (AIP-158), with the filters of
+    ListAccountTransfers: a coordinator's view (bank-admin and auditor keys).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+    INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+    """
+    ListBanks: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListBanksRequest, _ledger_pb2.ListBanksResponse]
+    """Lists the deployment's banks by bank id (AIP-158): an operator key's call, which shows
+    what names each bank and none of its data.
+    Errors, in the order checked: INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -95,41 +277,185 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateBank: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateBankRequest, _ledger_pb2.CreateBankResponse]  # type: ignore[assignment]
-    """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`."""
+    """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; RESOURCE_EXHAUSTED BANKS_MAX_REACHED; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_NAME; and a write's (see the top of this file).
+    """
     GetBank: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetBankRequest, _ledger_pb2.GetBankResponse]  # type: ignore[assignment]
-    """Reads a bank's summary."""
+    """Reads a bank's summary.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
+    """
     OpenAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.OpenAccountRequest, _ledger_pb2.OpenAccountResponse]  # type: ignore[assignment]
-    """Opens an account. Idempotent under the client-chosen `account_id`."""
+    """Opens an account. Idempotent under the client-chosen `account_id`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_LIMIT, INVALID_CHARACTERS; NOT_FOUND
+    BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES;
+    and a write's (see the top of this file).
+    """
     GetAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]  # type: ignore[assignment]
-    """Reads one account."""
+    """Reads one account.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED.
+    """
     ListAccounts: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]  # type: ignore[assignment]
-    """Lists a bank's accounts in the order they were opened (AIP-158)."""
+    """Lists a bank's accounts in the order they were opened (AIP-158), of one kind and/or
+    status if asked: for a coordinator, say, the frozen accounts.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_ACCOUNT_STATUS, INVALID_PAGE_SIZE,
+    INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+    """
     ChangeAccountLimits: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ChangeAccountLimitsRequest, _ledger_pb2.ChangeAccountLimitsResponse]  # type: ignore[assignment]
-    """Changes an account's limits. History is never rewritten: a lower limit set below
-    the current balance is accepted and only blocks further debits.
+    """Changes an account's limits: those named in `update_mask` (AIP-134), or without one,
+    those the request sets. A limit not named keeps its value. History is never rewritten:
+    a lower limit set below the current balance is accepted and only blocks further debits.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_LIMIT, INVALID_CHARACTERS;
+    NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES,
+    EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_REASON,
+    EXISTS_WITH_DIFFERENT_UPDATE_MASK; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED; and a write's (see the top of this file).
+    """
+    ChangeAccountMetadata: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ChangeAccountMetadataRequest, _ledger_pb2.ChangeAccountMetadataResponse]  # type: ignore[assignment]
+    """Changes an account's display label and/or tags (AIP-134 update mask, as for limits).
+    An immutable history is no place for personal data: see `Account.label`.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_CHARACTERS, TOO_MANY_TAGS,
+    INVALID_TAG_KEY; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LABEL,
+    EXISTS_WITH_DIFFERENT_TAGS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED; and a write's (see the top of this file).
     """
     FreezeAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.FreezeAccountRequest, _ledger_pb2.FreezeAccountResponse]  # type: ignore[assignment]
-    """Freezes an open account: it can neither pay nor receive until unfrozen."""
+    """Freezes an open account: it can neither pay nor receive until unfrozen.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+    ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_OPEN; and a write's
+    (see the top of this file).
+    """
     UnfreezeAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.UnfreezeAccountRequest, _ledger_pb2.UnfreezeAccountResponse]  # type: ignore[assignment]
-    """Unfreezes a frozen account."""
+    """Unfreezes a frozen account.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+    ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_FROZEN; and a
+    write's (see the top of this file).
+    """
     CloseAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CloseAccountRequest, _ledger_pb2.CloseAccountResponse]  # type: ignore[assignment]
-    """Closes an account for good."""
+    """Closes an account for good.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+    ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_HAS_BALANCE,
+    ACCOUNT_HAS_PENDING; and a write's (see the top of this file).
+    """
     CreateTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateTransferRequest, _ledger_pb2.CreateTransferResponse]  # type: ignore[assignment]
-    """Records one transfer: immediate (posted at once) or pending (a hold on the amount)."""
+    """Records one transfer: immediate (posted at once) or pending (a hold on the amount).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS,
+    INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT; NOT_FOUND BANK_NOT_FOUND;
+    ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+    EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+    EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+    EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+    FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the
+    top of this file).
+    """
     CreateTransfers: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateTransfersRequest, _ledger_pb2.CreateTransfersResponse]  # type: ignore[assignment]
     """Records many transfers: all or nothing when `linked`, otherwise each on its own.
     The response holds one result per item, in request order.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, BATCH_EMPTY, BATCH_TOO_LARGE; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+    the top of this file).
+    Each item's TransferError: INVALID_ARGUMENT DUPLICATE_ID_IN_BATCH, FIELD_REQUIRED,
+    FIELD_TOO_LONG, INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE,
+    INVALID_CHARACTERS, INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT;
+    ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+    EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+    EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+    EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+    EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+    ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+    FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT, LINKED_EVENT_FAILED.
     """
     PostPendingTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PostPendingTransferRequest, _ledger_pb2.PostPendingTransferResponse]  # type: ignore[assignment]
-    """Posts a pending transfer, in full or in part (the rest of the hold is released)."""
+    """Posts a pending transfer, in full or in part (the rest of the hold is released).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS; NOT_FOUND
+    BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+    EXISTS_WITH_DIFFERENT_TRANSFER_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES; NOT_FOUND
+    TRANSFER_NOT_FOUND; FAILED_PRECONDITION TRANSFER_NOT_PENDING,
+    PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+    PENDING_TRANSFER_EXPIRED, ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED; FAILED_PRECONDITION POST_AMOUNT_EXCEEDS_PENDING; and a write's
+    (see the top of this file).
+    """
     VoidPendingTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.VoidPendingTransferRequest, _ledger_pb2.VoidPendingTransferResponse]  # type: ignore[assignment]
-    """Voids a pending transfer: its hold is released and nothing moves."""
+    """Voids a pending transfer: its hold is released and nothing moves.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_TRANSFER_ID,
+    EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+    TRANSFER_NOT_PENDING, PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+    PENDING_TRANSFER_EXPIRED; and a write's (see the top of this file).
+    """
     ReverseTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReverseTransferRequest, _ledger_pb2.ReverseTransferResponse]  # type: ignore[assignment]
-    """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted."""
+    """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, SAME_TRANSFER, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+    EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_REVERSES_TRANSFER_ID,
+    EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+    CANNOT_REVERSE_REVERSAL, TRANSFER_NOT_POSTED, TRANSFER_ALREADY_REVERSED,
+    ACCOUNT_CLOSED, EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the top of
+    this file).
+    """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetTransferRequest, _ledger_pb2.GetTransferResponse]  # type: ignore[assignment]
-    """Reads one transfer."""
+    """Reads one transfer.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, TRANSFER_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED.
+    """
     ListAccountTransfers: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountTransfersRequest, _ledger_pb2.ListAccountTransfersResponse]  # type: ignore[assignment]
-    """Lists the transfers an account paid or received, newest first (AIP-158)."""
+    """Lists the transfers an account paid or received, newest first (AIP-158), filtered by
+    state, category and time recorded: a member's history. Through a member-app key in a
+    bank that requires member tokens, a member's list needs that member's token.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+    INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND,
+    ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+    """
+    ListPendingTransfers: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListPendingTransfersRequest, _ledger_pb2.ListPendingTransfersResponse]  # type: ignore[assignment]
+    """A member's inbox: the account's pending transfers, newest first (AIP-158), as payer
+    (holds on its minutes: in a bank where the payer confirms hours received, and with
+    member tokens required, only the payer's token can post them, these await its
+    confirmation) and/or as payee (the minutes it waits to be paid). Each carries its
+    `deadline`. Member tokens as for ListAccountTransfers.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_PENDING_SIDE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND
+    BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+    """
+    ListTransfers: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListTransfersRequest, _ledger_pb2.ListTransfersResponse]  # type: ignore[assignment]
+    """Lists every transfer of a bank, newest first (AIP-158), with the filters of
+    ListAccountTransfers: a coordinator's view (bank-admin and auditor keys).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+    INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+    """
+    ListBanks: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListBanksRequest, _ledger_pb2.ListBanksResponse]  # type: ignore[assignment]
+    """Lists the deployment's banks by bank id (AIP-158): an operator key's call, which shows
+    what names each bank and none of its data.
+    Errors, in the order checked: INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Keeps the mutual-credit books of many time banks."""
@@ -140,7 +466,11 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.CreateBankRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CreateBankResponse, _abc.Awaitable[_ledger_pb2.CreateBankResponse]]:
-        """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`."""
+        """Creates a bank (a tenant). Idempotent under the client-chosen `bank_id`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; RESOURCE_EXHAUSTED BANKS_MAX_REACHED; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_NAME; and a write's (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def GetBank(
@@ -148,7 +478,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetBankRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetBankResponse, _abc.Awaitable[_ledger_pb2.GetBankResponse]]:
-        """Reads a bank's summary."""
+        """Reads a bank's summary.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def OpenAccount(
@@ -156,7 +489,13 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.OpenAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.OpenAccountResponse, _abc.Awaitable[_ledger_pb2.OpenAccountResponse]]:
-        """Opens an account. Idempotent under the client-chosen `account_id`."""
+        """Opens an account. Idempotent under the client-chosen `account_id`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_LIMIT, INVALID_CHARACTERS; NOT_FOUND
+        BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES;
+        and a write's (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def GetAccount(
@@ -164,7 +503,11 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetAccountResponse, _abc.Awaitable[_ledger_pb2.GetAccountResponse]]:
-        """Reads one account."""
+        """Reads one account.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED.
+        """
 
     @_abc_1.abstractmethod
     def ListAccounts(
@@ -172,7 +515,12 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListAccountsResponse, _abc.Awaitable[_ledger_pb2.ListAccountsResponse]]:
-        """Lists a bank's accounts in the order they were opened (AIP-158)."""
+        """Lists a bank's accounts in the order they were opened (AIP-158), of one kind and/or
+        status if asked: for a coordinator, say, the frozen accounts.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_ACCOUNT_KIND, INVALID_ACCOUNT_STATUS, INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def ChangeAccountLimits(
@@ -180,8 +528,32 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ChangeAccountLimitsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ChangeAccountLimitsResponse, _abc.Awaitable[_ledger_pb2.ChangeAccountLimitsResponse]]:
-        """Changes an account's limits. History is never rewritten: a lower limit set below
-        the current balance is accepted and only blocks further debits.
+        """Changes an account's limits: those named in `update_mask` (AIP-134), or without one,
+        those the request sets. A limit not named keeps its value. History is never rewritten:
+        a lower limit set below the current balance is accepted and only blocks further debits.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_LIMIT, INVALID_CHARACTERS;
+        NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES,
+        EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES, EXISTS_WITH_DIFFERENT_REASON,
+        EXISTS_WITH_DIFFERENT_UPDATE_MASK; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED; and a write's (see the top of this file).
+        """
+
+    @_abc_1.abstractmethod
+    def ChangeAccountMetadata(
+        self,
+        request: _ledger_pb2.ChangeAccountMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ChangeAccountMetadataResponse, _abc.Awaitable[_ledger_pb2.ChangeAccountMetadataResponse]]:
+        """Changes an account's display label and/or tags (AIP-134 update mask, as for limits).
+        An immutable history is no place for personal data: see `Account.label`.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_UPDATE_MASK, NOTHING_TO_CHANGE, INVALID_CHARACTERS, TOO_MANY_TAGS,
+        INVALID_TAG_KEY; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_LABEL,
+        EXISTS_WITH_DIFFERENT_TAGS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED; and a write's (see the top of this file).
         """
 
     @_abc_1.abstractmethod
@@ -190,7 +562,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.FreezeAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.FreezeAccountResponse, _abc.Awaitable[_ledger_pb2.FreezeAccountResponse]]:
-        """Freezes an open account: it can neither pay nor receive until unfrozen."""
+        """Freezes an open account: it can neither pay nor receive until unfrozen.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+        ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_OPEN; and a write's
+        (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def UnfreezeAccount(
@@ -198,7 +577,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.UnfreezeAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.UnfreezeAccountResponse, _abc.Awaitable[_ledger_pb2.UnfreezeAccountResponse]]:
-        """Unfreezes a frozen account."""
+        """Unfreezes a frozen account.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+        ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_NOT_FROZEN; and a
+        write's (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def CloseAccount(
@@ -206,7 +592,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.CloseAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CloseAccountResponse, _abc.Awaitable[_ledger_pb2.CloseAccountResponse]]:
-        """Closes an account for good."""
+        """Closes an account for good.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_ACTION, EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND
+        ACCOUNT_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_CLOSED, ACCOUNT_HAS_BALANCE,
+        ACCOUNT_HAS_PENDING; and a write's (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def CreateTransfer(
@@ -214,7 +607,19 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.CreateTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CreateTransferResponse, _abc.Awaitable[_ledger_pb2.CreateTransferResponse]]:
-        """Records one transfer: immediate (posted at once) or pending (a hold on the amount)."""
+        """Records one transfer: immediate (posted at once) or pending (a hold on the amount).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS,
+        INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT; NOT_FOUND BANK_NOT_FOUND;
+        ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+        EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+        EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+        EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+        FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the
+        top of this file).
+        """
 
     @_abc_1.abstractmethod
     def CreateTransfers(
@@ -224,6 +629,19 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.CreateTransfersResponse, _abc.Awaitable[_ledger_pb2.CreateTransfersResponse]]:
         """Records many transfers: all or nothing when `linked`, otherwise each on its own.
         The response holds one result per item, in request order.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, BATCH_EMPTY, BATCH_TOO_LARGE; NOT_FOUND BANK_NOT_FOUND; and a write's (see
+        the top of this file).
+        Each item's TransferError: INVALID_ARGUMENT DUPLICATE_ID_IN_BATCH, FIELD_REQUIRED,
+        FIELD_TOO_LONG, INVALID_ID, SAME_ACCOUNT, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE,
+        INVALID_CHARACTERS, INVALID_DATE, TIMEOUT_WITHOUT_PENDING, INVALID_TIMEOUT;
+        ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_PAYER_ACCOUNT_ID,
+        EXISTS_WITH_DIFFERENT_PAYEE_ACCOUNT_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+        EXISTS_WITH_DIFFERENT_MEMO, EXISTS_WITH_DIFFERENT_CATEGORY,
+        EXISTS_WITH_DIFFERENT_SERVICE_DATE, EXISTS_WITH_DIFFERENT_PENDING,
+        EXISTS_WITH_DIFFERENT_TIMEOUT_SECONDS; NOT_FOUND ACCOUNT_NOT_FOUND; FAILED_PRECONDITION
+        ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED;
+        FAILED_PRECONDITION EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT, LINKED_EVENT_FAILED.
         """
 
     @_abc_1.abstractmethod
@@ -232,7 +650,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.PostPendingTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.PostPendingTransferResponse, _abc.Awaitable[_ledger_pb2.PostPendingTransferResponse]]:
-        """Posts a pending transfer, in full or in part (the rest of the hold is released)."""
+        """Posts a pending transfer, in full or in part (the rest of the hold is released).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, AMOUNT_NOT_POSITIVE, AMOUNT_TOO_LARGE, INVALID_CHARACTERS; NOT_FOUND
+        BANK_NOT_FOUND; ALREADY_EXISTS EXISTS_WITH_DIFFERENT_KIND,
+        EXISTS_WITH_DIFFERENT_TRANSFER_ID, EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES; NOT_FOUND
+        TRANSFER_NOT_FOUND; FAILED_PRECONDITION TRANSFER_NOT_PENDING,
+        PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+        PENDING_TRANSFER_EXPIRED, ACCOUNT_CLOSED, ACCOUNT_FROZEN; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED; FAILED_PRECONDITION POST_AMOUNT_EXCEEDS_PENDING; and a write's
+        (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def VoidPendingTransfer(
@@ -240,7 +668,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.VoidPendingTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.VoidPendingTransferResponse, _abc.Awaitable[_ledger_pb2.VoidPendingTransferResponse]]:
-        """Voids a pending transfer: its hold is released and nothing moves."""
+        """Voids a pending transfer: its hold is released and nothing moves.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_TRANSFER_ID,
+        EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+        TRANSFER_NOT_PENDING, PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+        PENDING_TRANSFER_EXPIRED; and a write's (see the top of this file).
+        """
 
     @_abc_1.abstractmethod
     def ReverseTransfer(
@@ -248,7 +683,15 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ReverseTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ReverseTransferResponse, _abc.Awaitable[_ledger_pb2.ReverseTransferResponse]]:
-        """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted."""
+        """Undoes a posted transfer with a new reversal transfer. Nothing is edited or deleted.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, SAME_TRANSFER, INVALID_CHARACTERS; NOT_FOUND BANK_NOT_FOUND; ALREADY_EXISTS
+        EXISTS_WITH_DIFFERENT_KIND, EXISTS_WITH_DIFFERENT_REVERSES_TRANSFER_ID,
+        EXISTS_WITH_DIFFERENT_REASON; NOT_FOUND TRANSFER_NOT_FOUND; FAILED_PRECONDITION
+        CANNOT_REVERSE_REVERSAL, TRANSFER_NOT_POSTED, TRANSFER_ALREADY_REVERSED,
+        ACCOUNT_CLOSED, EXCEEDS_LOWER_LIMIT, EXCEEDS_UPPER_LIMIT; and a write's (see the top of
+        this file).
+        """
 
     @_abc_1.abstractmethod
     def GetTransfer(
@@ -256,7 +699,11 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetTransferResponse, _abc.Awaitable[_ledger_pb2.GetTransferResponse]]:
-        """Reads one transfer."""
+        """Reads one transfer.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, TRANSFER_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED.
+        """
 
     @_abc_1.abstractmethod
     def ListAccountTransfers(
@@ -264,6 +711,53 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListAccountTransfersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListAccountTransfersResponse, _abc.Awaitable[_ledger_pb2.ListAccountTransfersResponse]]:
-        """Lists the transfers an account paid or received, newest first (AIP-158)."""
+        """Lists the transfers an account paid or received, newest first (AIP-158), filtered by
+        state, category and time recorded: a member's history. Through a member-app key in a
+        bank that requires member tokens, a member's list needs that member's token.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+        INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND,
+        ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPendingTransfers(
+        self,
+        request: _ledger_pb2.ListPendingTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListPendingTransfersResponse, _abc.Awaitable[_ledger_pb2.ListPendingTransfersResponse]]:
+        """A member's inbox: the account's pending transfers, newest first (AIP-158), as payer
+        (holds on its minutes: in a bank where the payer confirms hours received, and with
+        member tokens required, only the payer's token can post them, these await its
+        confirmation) and/or as payee (the minutes it waits to be paid). Each carries its
+        `deadline`. Member tokens as for ListAccountTransfers.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_PENDING_SIDE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND
+        BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED MEMBER_TOKEN_REQUIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTransfers(
+        self,
+        request: _ledger_pb2.ListTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListTransfersResponse, _abc.Awaitable[_ledger_pb2.ListTransfersResponse]]:
+        """Lists every transfer of a bank, newest first (AIP-158), with the filters of
+        ListAccountTransfers: a coordinator's view (bank-admin and auditor keys).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_TRANSFER_STATE, INVALID_CHARACTERS, INVALID_TIMESTAMP,
+        INVALID_TIME_RANGE, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN; NOT_FOUND BANK_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBanks(
+        self,
+        request: _ledger_pb2.ListBanksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListBanksResponse, _abc.Awaitable[_ledger_pb2.ListBanksResponse]]:
+        """Lists the deployment's banks by bank id (AIP-158): an operator key's call, which shows
+        what names each bank and none of its data.
+        Errors, in the order checked: INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -331,7 +331,9 @@ class BankTotals(_message.Message):
 
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountCounts]:
-        """Accounts by kind and status, one entry per kind (members, pools, system accounts)."""
+        """Accounts by kind and status, one entry per kind (members, organisations, pools,
+        system accounts).
+        """
 
     def __init__(
         self,
@@ -560,7 +562,7 @@ class ListStatementEntriesRequest(_message.Message):
     account_id: _builtins.str
     """The account whose statement to list."""
     page_size: _builtins.int
-    """The most entries to return, at most 1,000; 0 means the default of 50."""
+    """The most entries to return: 0 means 50, more than 1,000 means 1,000 (AIP-158)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first (newest) page. Later pages
     continue below the previous one, whatever has been appended since.

@@ -58,6 +58,11 @@ class LedgerViewServiceServicer:
 
     def GetAccountSummary(self, request, context):
         """Reads one account's summary: balances, holds, minutes given and received, activity.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+        READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+        VIEW_NOT_CAUGHT_UP.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +70,11 @@ class LedgerViewServiceServicer:
 
     def ListStatementEntries(self, request, context):
         """Lists an account's statement entries, newest first, with running balances (AIP-158).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
+        INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+        POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +82,10 @@ class LedgerViewServiceServicer:
 
     def GetBankReport(self, request, context):
         """Reads a bank's totals (with the zero-sum check) and its figures over a period of months.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE,
+        INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+        POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,11 +53,28 @@ class LedgerViewServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerViewServiceAsyncStub: ...
     GetAccountSummary: _grpc.UnaryUnaryMultiCallable[_views_pb2.GetAccountSummaryRequest, _views_pb2.GetAccountSummaryResponse]
-    """Reads one account's summary: balances, holds, minutes given and received, activity."""
+    """Reads one account's summary: balances, holds, minutes given and received, activity.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+    READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+    VIEW_NOT_CAUGHT_UP.
+    """
     ListStatementEntries: _grpc.UnaryUnaryMultiCallable[_views_pb2.ListStatementEntriesRequest, _views_pb2.ListStatementEntriesResponse]
-    """Lists an account's statement entries, newest first, with running balances (AIP-158)."""
+    """Lists an account's statement entries, newest first, with running balances (AIP-158).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
+    INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+    POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP.
+    """
     GetBankReport: _grpc.UnaryUnaryMultiCallable[_views_pb2.GetBankReportRequest, _views_pb2.GetBankReportResponse]
-    """Reads a bank's totals (with the zero-sum check) and its figures over a period of months."""
+    """Reads a bank's totals (with the zero-sum check) and its figures over a period of months.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE,
+    INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+    POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class LedgerViewServiceAsyncStub(LedgerViewServiceStub):
@@ -65,11 +82,28 @@ class LedgerViewServiceAsyncStub(LedgerViewServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAccountSummary: _aio.UnaryUnaryMultiCallable[_views_pb2.GetAccountSummaryRequest, _views_pb2.GetAccountSummaryResponse]  # type: ignore[assignment]
-    """Reads one account's summary: balances, holds, minutes given and received, activity."""
+    """Reads one account's summary: balances, holds, minutes given and received, activity.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+    READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+    VIEW_NOT_CAUGHT_UP.
+    """
     ListStatementEntries: _aio.UnaryUnaryMultiCallable[_views_pb2.ListStatementEntriesRequest, _views_pb2.ListStatementEntriesResponse]  # type: ignore[assignment]
-    """Lists an account's statement entries, newest first, with running balances (AIP-158)."""
+    """Lists an account's statement entries, newest first, with running balances (AIP-158).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+    MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
+    INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+    POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP.
+    """
     GetBankReport: _aio.UnaryUnaryMultiCallable[_views_pb2.GetBankReportRequest, _views_pb2.GetBankReportResponse]  # type: ignore[assignment]
-    """Reads a bank's totals (with the zero-sum check) and its figures over a period of months."""
+    """Reads a bank's totals (with the zero-sum check) and its figures over a period of months.
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE,
+    INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+    POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND.
+    """
 
 class LedgerViewServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the views of a bank: summaries, statements and reports."""
@@ -80,7 +114,13 @@ class LedgerViewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _views_pb2.GetAccountSummaryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_views_pb2.GetAccountSummaryResponse, _abc.Awaitable[_views_pb2.GetAccountSummaryResponse]]:
-        """Reads one account's summary: balances, holds, minutes given and received, activity."""
+        """Reads one account's summary: balances, holds, minutes given and received, activity.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+        READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+        VIEW_NOT_CAUGHT_UP.
+        """
 
     @_abc_1.abstractmethod
     def ListStatementEntries(
@@ -88,7 +128,13 @@ class LedgerViewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _views_pb2.ListStatementEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_views_pb2.ListStatementEntriesResponse, _abc.Awaitable[_views_pb2.ListStatementEntriesResponse]]:
-        """Lists an account's statement entries, newest first, with running balances (AIP-158)."""
+        """Lists an account's statement entries, newest first, with running balances (AIP-158).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID; NOT_FOUND BANK_NOT_FOUND, ACCOUNT_NOT_FOUND; PERMISSION_DENIED
+        MEMBER_TOKEN_REQUIRED; INVALID_ARGUMENT INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
+        INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+        POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP.
+        """
 
     @_abc_1.abstractmethod
     def GetBankReport(
@@ -96,6 +142,11 @@ class LedgerViewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _views_pb2.GetBankReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_views_pb2.GetBankReportResponse, _abc.Awaitable[_views_pb2.GetBankReportResponse]]:
-        """Reads a bank's totals (with the zero-sum check) and its figures over a period of months."""
+        """Reads a bank's totals (with the zero-sum check) and its figures over a period of months.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE,
+        INVALID_MIN_POSITION; RESOURCE_EXHAUSTED READS_WAITING_MAX_REACHED; FAILED_PRECONDITION
+        POSITION_NOT_COMMITTED; UNAVAILABLE VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND.
+        """
 
 def add_LedgerViewServiceServicer_to_server(servicer: LedgerViewServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,18 +1,63 @@
-"""An independent verifier of a bank's event history: versions, hash chain, the four invariants."""
+"""The offline verifier of a bank's history: a reference implementation for auditors.
+
+Everything an auditor needs to check a bank without trusting the ledger's server or its
+database is here, in one module that imports nothing of the project: the standard library,
+`cryptography` (Ed25519 signatures of checkpoints) and, for the gRPC form only, the
+generated messages of `timebank/ledger/v1/audit.proto`. docs/verifier.md walks through it
+for anyone writing one in another language; docs/history-format.md defines the bytes.
+
+From the stored rows alone (each event's bytes exactly as hashed, and the chain hash kept
+for it) it checks, event by event:
+
+- the history (invariant 4): versions 1, 2, 3, ... with none missing, repeated or out of
+  order; each row's bytes are the canonical JSON (RFC 8785) of what they hold; each chain
+  hash is sha256(previous hash || bytes); timestamps never go backwards;
+- every balance and hold, recomputed from the events' fields (nothing read from a view);
+- invariants 1 to 3 after every event (and after every transfer of a grouped event):
+  balances sum to zero, posted and posted-plus-pending balances within limits, a pending
+  transfer resolves at most once; and the references events make (accounts, transfers,
+  reversals, request ids, keys);
+- signed checkpoints: each signature (Ed25519, by a public key the auditor was given, named
+  by its key id) over the canonical JSON of {bank, position, chain_head, time, key_id}, and
+  that the history recomputed here has that chain head at that position; likewise any chain
+  head the auditor saved earlier (`--expect-head POSITION:HASH`). Someone who can rewrite
+  the database can recompute the whole chain; only a signature they cannot make, or a head
+  kept elsewhere, catches that.
+
+Use: `Verifier(bank_uuid, public_keys=...)`, then `add_checkpoint()` / `expect_head()`,
+`feed_stored(bytes, chain_hash)` for each row oldest first, `finish()`, `report()`. Or one
+of the sources: `verify_export(path)` (a file written by `timebank-ledger export`) and
+`verify_server(channel, bank_id, api_key)` (AuditService over any gRPC channel; the caller
+makes the channel, with TLS, so this module needs no gRPC runtime of its own). Run as
+`python -m ledger.verifier --file EXPORT [--public-key PEM]... [--expect-head P:HASH]...`.
+
+A problem in the data is reported with its position (the event's version), never raised;
+after a problem the verifier carries on, so one bad row does not hide the next.
+"""
 
 from __future__ import annotations
 
+import argparse
+import base64
+import binascii
 import dataclasses
 import hashlib
 import json
 import re
+import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Protocol
 from uuid import UUID
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 # A corrupt history could break every event; keep the first ones and count the rest.
 violations_kept_max: Final = 1_000
@@ -68,6 +113,16 @@ class Reason(StrEnum):
     DUPLICATE_KEY = "DUPLICATE_KEY"
     UNKNOWN_KEY = "UNKNOWN_KEY"
     KEY_REVOKED_TWICE = "KEY_REVOKED_TWICE"
+    # Signed checkpoints and saved heads: what the history must hold at their position.
+    CHECKPOINT_SIGNATURE_INVALID = "CHECKPOINT_SIGNATURE_INVALID"
+    CHECKPOINT_KEY_UNKNOWN = "CHECKPOINT_KEY_UNKNOWN"
+    CHECKPOINT_MALFORMED = "CHECKPOINT_MALFORMED"
+    CHECKPOINT_HEAD_MISMATCH = "CHECKPOINT_HEAD_MISMATCH"
+    EXPECTED_HEAD_MISMATCH = "EXPECTED_HEAD_MISMATCH"
+    # The history ends before a checkpoint or saved head (rows missing at its end).
+    HISTORY_ENDS_EARLY = "HISTORY_ENDS_EARLY"
+    # A source (an export file, a stream) that is not what it should be.
+    SOURCE_MALFORMED = "SOURCE_MALFORMED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +152,9 @@ class RecordedEvent:
         """Read a stored row: its bytes and its chain hash. MalformedEventError if the bytes
         are not an event (not JSON, or without a usable bank, version or timestamp)."""
         try:
-            body = json.loads(stored)
-        except (ValueError, RecursionError) as error:  # not JSON, or past the parser's limits
+            text = bytes(stored).decode("utf-8")
+            body = _decoder.decode(text)
+        except (ValueError, RecursionError) as error:  # not UTF-8 JSON, or past the parser's limits
             raise MalformedEventError(f"not JSON: {error}") from None
         if not isinstance(body, dict):
             raise MalformedEventError("the event is not a JSON object")
@@ -120,10 +176,7 @@ class RecordedEvent:
             raise MalformedEventError(
                 f"timestamp {timestamp_text!r} is not UTC as 2026-01-31T12:00:00.000000+00:00"
             )
-        try:
-            canonical = canonical_json(body) == stored
-        except (ValueError, RecursionError):  # a float, a huge integer, nesting too deep
-            canonical = False
+        canonical = _is_canonical(body, text)
         return cls(
             bank_uuid=bank,
             version=version,
@@ -139,6 +192,38 @@ class RecordedEvent:
 def canonical_json(value: Any) -> bytes:
     """RFC 8785 canonical JSON with the standard library alone (keys in UTF-16 order)."""
     return _canonical_text(value).encode("utf-8")
+
+
+class _NotANumberOfOurs:
+    """What a float, NaN or infinity parses to: the history holds none, and no encoder
+    below can write one, so a row holding one is never found canonical."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+_decoder = json.JSONDecoder(parse_float=_NotANumberOfOurs, parse_constant=_NotANumberOfOurs)
+# Below this character, sorting keys by code point (Python) and by UTF-16 code unit
+# (RFC 8785) agree: they differ only between U+E000..U+FFFF and characters past U+FFFF.
+_same_key_order_below = "\ue000"
+# A run of this many digits may be an integer past ±(2**53 - 1), which RFC 8785 refuses.
+_long_digits = re.compile(r"[0-9]{16}")
+
+
+def _is_canonical(body: Any, text: str) -> bool:
+    """Whether `text` (a row's bytes, decoded) is exactly the RFC 8785 form of `body`, parsed
+    from it. The standard library's encoder (keys sorted, no spaces, UTF-8 kept) escapes what
+    RFC 8785 escapes the way it does; it is used unless a character from U+E000 up could
+    make its key order differ, or a long run of digits could be an integer too large, and the
+    encoder above (UTF-16 order, integer range checked) is used then."""
+    try:
+        if (text.isascii() or max(text) < _same_key_order_below) and not _long_digits.search(text):
+            fast = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            return fast == text
+        return canonical_json(body) == text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        # A float, nesting too deep, a lone surrogate: no canonical form.
+        return False
 
 
 def _canonical_text(value: Any) -> str:
@@ -214,6 +299,13 @@ class Report:
     # The first `violations_kept_max` violations, in the order found; `violation_count` counts all.
     violations: tuple[Violation, ...]
     violation_count: int
+    # Signed checkpoints and saved heads compared with the history (and whether the
+    # checkpoints' signatures were checked: only with public keys given).
+    checkpoints_checked: int = 0
+    signatures_checked: bool = False
+    heads_checked: int = 0
+    # The last event's timestamp as written in the history ("" before the first).
+    last_event_at: str = ""
 
     @property
     def ok(self) -> bool:
@@ -222,6 +314,35 @@ class Report:
     @property
     def first_bad_version(self) -> int | None:
         return min((v.version for v in self.violations), default=None)
+
+    @property
+    def balances_digest(self) -> str:
+        """sha256 of the balances as canonical JSON: two parties compare one short string."""
+        return balances_digest(self.balances)
+
+    def summary(self) -> list[str]:
+        """The short report: what was checked and where it ends, or each problem found."""
+        lines = [
+            f"bank {self.bank_uuid}: {self.events_checked} events, {len(self.transfers)}"
+            f" transfers, {len(self.accounts)} accounts",
+            f"final head: position {self.position} chain hash {self.chain_head or '-'}",
+            f"balances digest: {self.balances_digest}",
+            f"checkpoints: {self.checkpoints_checked} checked, signatures "
+            + ("checked" if self.signatures_checked else "NOT checked (no public key given)")
+            + f"; saved heads: {self.heads_checked} checked",
+        ]
+        for violation in sorted(self.violations, key=lambda v: v.version):
+            lines.append(f"position {violation.version}: {violation.reason} {violation.detail}")
+        if self.violation_count > len(self.violations):
+            lines.append(f"... and {self.violation_count - len(self.violations)} more")
+        first = self.first_bad_version
+        lines.append("OK" if self.ok else f"FAILED: first bad position {first}")
+        return lines
+
+
+def balances_digest(balances: Mapping[str, int]) -> str:
+    """sha256 (hex) of {account id: balance} as canonical JSON."""
+    return hashlib.sha256(canonical_json(dict(balances))).hexdigest()
 
 
 # The fields the verifier reads from each event type, with their exact types.
@@ -238,8 +359,16 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
         "account_id": (str,),
         "lower_limit_minutes": (int,),
         "upper_limit_minutes": (int, types.NoneType),
+        "update_mask": (list,),
     },
     "AccountStatusChanged": {"request_id": (str,), "account_id": (str,), "status": (str,)},
+    # An account's label and tags (issue 12): they move no minutes.
+    "AccountMetadataChanged": {
+        "request_id": (str,),
+        "account_id": (str,),
+        "label": (str, types.NoneType),
+        "tags": (dict, types.NoneType),
+    },
     "TransfersCreated": {"transfers": (list,)},
     "PendingPosted": {"request_id": (str,), "transfer_id": (str,), "posted_amount_minutes": (int,)},
     "PendingVoided": {"request_id": (str,), "transfer_id": (str,)},
@@ -278,6 +407,87 @@ def verify(rows: Iterable[tuple[bytes, str]], bank_uuid: UUID | str | None = Non
     return verifier.report()
 
 
+# --------------------------------------------------------------------------- signed checkpoints
+
+# What a checkpoint's payload says it is (so its signature can never pass for anything else).
+CHECKPOINT_TYPE: Final = "Checkpoint"
+_CHECKPOINT_FIELDS: Final = {
+    "bank": str,
+    "chain_head": str,
+    "key_id": str,
+    "position": int,
+    "time": str,
+    "type": str,
+}
+
+
+def checkpoint_payload(
+    bank_uuid: str, position: int, chain_head: str, time: str, key_id: str
+) -> bytes:
+    """The bytes a checkpoint's Ed25519 signature covers: canonical JSON of its fields."""
+    return canonical_json(
+        {
+            "bank": bank_uuid,
+            "chain_head": chain_head,
+            "key_id": key_id,
+            "position": position,
+            "time": time,
+            "type": CHECKPOINT_TYPE,
+        }
+    )
+
+
+def key_id_of(public_key: Ed25519PublicKey) -> str:
+    """A signing key's id: the first 16 hex digits of sha256 of its raw 32 bytes."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ValueError if it is not one."""
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+def public_keys_by_id(pems: Iterable[bytes]) -> dict[str, Ed25519PublicKey]:
+    keys = [load_public_key(pem) for pem in pems]
+    return {key_id_of(key): key for key in keys}
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed checkpoint: the exact bytes signed, and the 64-byte Ed25519 signature."""
+
+    payload: bytes
+    signature: bytes
+
+    def fields(self) -> dict[str, Any]:
+        """What the payload says; ValueError unless it is a canonical checkpoint payload."""
+        try:
+            body = json.loads(self.payload)
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"the payload is not JSON: {error}") from None
+        if not isinstance(body, dict) or set(body) != set(_CHECKPOINT_FIELDS):
+            raise ValueError(f"the payload has not exactly the fields {sorted(_CHECKPOINT_FIELDS)}")
+        for name, kind in _CHECKPOINT_FIELDS.items():
+            if type(body[name]) is not kind:
+                raise ValueError(f"the payload's {name} is not a {kind.__name__}")
+        if body["type"] != CHECKPOINT_TYPE or canonical_json(body) != self.payload:
+            raise ValueError("the payload is not a canonical checkpoint")
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    """A chain head the history must have at a position, and who says so."""
+
+    chain_head: str
+    reason: Reason
+    source: str
+
+
 @dataclass(slots=True)
 class _Step:
     """What one event did, collected while it is applied and checked afterwards."""
@@ -297,13 +507,27 @@ class Verifier:
     after a problem the verifier carries on, so one bad row does not hide the next.
     """
 
-    def __init__(self, bank_uuid: UUID | str | None = None) -> None:
+    def __init__(
+        self,
+        bank_uuid: UUID | str | None = None,
+        *,
+        public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> None:
         self._bank_uuid = str(bank_uuid) if bank_uuid is not None else None
+        # Checkpoint signatures are checked against these (key id -> key), if any are given.
+        self._public_keys = dict(public_keys or {})
         self._events_checked = 0
         self._position = 0
         # The hash the next event must follow; None after a gap, where it cannot be known.
         self._previous_hash: str | None = GENESIS_HASH
+        # The head as stored (the last row's chain hash), and as recomputed from the bytes
+        # (None once a gap leaves it unknowable): checkpoints are compared with the latter.
         self._chain_head = ""
+        self._computed_head: str | None = GENESIS_HASH
+        # Heads the history must have at given positions (checkpoints, saved heads).
+        self._expected: dict[int, list[_Expected]] = {}
+        self._checkpoints_checked = 0
+        self._heads_checked = 0
         self._last_timestamp: datetime | None = None
         self._created = False
         self._accounts: dict[str, AccountTotals] = {}
@@ -318,6 +542,7 @@ class Verifier:
             "AccountOpened": self._account_opened,
             "AccountLimitsChanged": self._limits_changed,
             "AccountStatusChanged": self._status_changed,
+            "AccountMetadataChanged": self._metadata_changed,
             "TransfersCreated": self._transfers_created,
             "PendingPosted": self._pending_posted,
             "PendingVoided": self._pending_voided,
@@ -332,6 +557,8 @@ class Verifier:
         # Access: key id -> revoked?, and the member-token keys' ids.
         self._api_keys: dict[str, bool] = {}
         self._member_token_kids: set[str] = set()
+        # Ids of the pending transfers not resolved yet.
+        self._open_holds: set[str] = set()
         assert set(self._handlers) == set(_SCHEMAS), "every event type needs a schema and a handler"
 
     # ----------------------------------------------------------------- the stream
@@ -344,6 +571,7 @@ class Verifier:
             self._check_chain(record)
             self._check_timestamp(record)
             self._apply(record)
+            self._check_expected(record.version)
         return self._new
 
     def report(self) -> Report:
@@ -358,7 +586,173 @@ class Verifier:
             transfers={k: dataclasses.replace(t) for k, t in self._transfers.items()},
             violations=tuple(self._violations),
             violation_count=self._violation_count,
+            checkpoints_checked=self._checkpoints_checked,
+            signatures_checked=bool(self._public_keys),
+            heads_checked=self._heads_checked,
+            last_event_at=_time_text(self._last_timestamp),
         )
+
+    @property
+    def position(self) -> int:
+        """The version of the last event fed in order (0 before the first)."""
+        return self._position
+
+    @property
+    def computed_head(self) -> str | None:
+        """The chain head recomputed from the bytes (None if a gap made it unknowable)."""
+        return self._computed_head
+
+    @property
+    def violation_count(self) -> int:
+        return self._violation_count
+
+    def accounts(self) -> dict[str, AccountTotals]:
+        """Every account as recomputed so far (copies), in the order they were opened."""
+        return {k: dataclasses.replace(a) for k, a in self._accounts.items()}
+
+    @property
+    def state_size(self) -> int:
+        """How many accounts and open holds `state()` holds."""
+        return len(self._accounts) + len(self._open_holds)
+
+    @property
+    def last_timestamp(self) -> datetime | None:
+        return self._last_timestamp
+
+    # ----------------------------------------------------------------- checkpoints and heads
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> list[Violation]:
+        """Check a signed checkpoint's signature now, and its chain head when the history
+        reaches its position. Give every checkpoint before feeding the events it covers."""
+        self._new = []
+        try:
+            f = checkpoint.fields()
+        except ValueError as error:
+            self._report(0, Reason.CHECKPOINT_MALFORMED, str(error))
+            return self._new
+        position, key_id = f["position"], f["key_id"]
+        source = f"checkpoint signed by key {key_id} at {f['time']}"
+        assert self._bank_uuid is not None, "name the bank before giving checkpoints"
+        if f["bank"] != self._bank_uuid or position < 1 or not _hash_re.match(f["chain_head"]):
+            self._report(position, Reason.CHECKPOINT_MALFORMED, f"{source}: not of this history")
+            return self._new
+        assert position > self._position, "checkpoints are given before the events they cover"
+        if self._public_keys:
+            key = self._public_keys.get(key_id)
+            if key is None:
+                self._report(position, Reason.CHECKPOINT_KEY_UNKNOWN, f"{source}: unknown key")
+                return self._new
+            try:
+                key.verify(checkpoint.signature, checkpoint.payload)
+            except InvalidSignature:
+                self._report(
+                    position, Reason.CHECKPOINT_SIGNATURE_INVALID, f"{source}: bad signature"
+                )
+                return self._new
+        self._expected.setdefault(position, []).append(
+            _Expected(f["chain_head"], Reason.CHECKPOINT_HEAD_MISMATCH, source)
+        )
+        return self._new
+
+    def expect_head(self, position: int, chain_head: str, source: str = "a saved head") -> None:
+        """The history must have this chain head at this position (a head kept earlier)."""
+        assert position > self._position, "saved heads are given before the events they cover"
+        self._expected.setdefault(position, []).append(
+            _Expected(chain_head.lower(), Reason.EXPECTED_HEAD_MISMATCH, source)
+        )
+
+    def finish(self) -> list[Violation]:
+        """The history has ended: a checkpoint or saved head past its end means rows are
+        missing from it (reported at the first missing position)."""
+        self._new = []
+        for position in sorted(self._expected):
+            for expected in self._expected[position]:
+                self._report(
+                    self._position + 1,
+                    Reason.HISTORY_ENDS_EARLY,
+                    f"the history ends at position {self._position}, but {expected.source}"
+                    f" names position {position}",
+                )
+        self._expected.clear()
+        return self._new
+
+    def check_source_head(self, position: int, chain_head: str, source: str) -> None:
+        """The source (an export's header) says where the history ends: it must have this
+        head there, now if it is there already, or when it gets there."""
+        self._new = []
+        self._expected.setdefault(position, []).append(
+            _Expected(chain_head.lower(), Reason.SOURCE_MALFORMED, source)
+        )
+        if position <= self._position:
+            self._check_expected(position)
+
+    def report_source_problem(self, detail: str) -> None:
+        """The source itself is wrong (a line that is no event, a missing end): reported at
+        the position after the last event read."""
+        self._new = []
+        self._report(self._position + 1, Reason.SOURCE_MALFORMED, detail)
+
+    # ----------------------------------------------------------------- resuming
+
+    def state(self) -> dict[str, Any]:
+        """What the next events need to recompute balances (JSON values): the accounts and
+        the open pending transfers, not the transfers closed before. A verifier resumed from
+        it recomputes every balance and hold exactly, but cannot check references to
+        transfers or request ids older than it (duplicates, reversals of them)."""
+        return {
+            "bank": self._bank_uuid,
+            "position": self._position,
+            "previous_hash": self._previous_hash,
+            "chain_head": self._chain_head,
+            "computed_head": self._computed_head,
+            "last_timestamp": _time_text(self._last_timestamp),
+            "created": self._created,
+            "balance_sum_minutes": self._balance_sum_minutes,
+            "accounts": {k: _fields_of(a, _ACCOUNT_FIELDS) for k, a in self._accounts.items()},
+            "holds": {
+                k: {**_fields_of(t, _TRANSFER_FIELDS), "deadline": _time_text(t.deadline)}
+                for k in sorted(self._open_holds)
+                for t in (self._transfers[k],)
+            },
+            "api_keys": dict(self._api_keys),
+            "member_token_kids": sorted(self._member_token_kids),
+        }
+
+    @classmethod
+    def resume(cls, state: Mapping[str, Any]) -> Verifier:
+        """A verifier that goes on from `state()` (events fed must follow its position)."""
+        verifier = cls(state["bank"])
+        verifier._position = state["position"]
+        verifier._previous_hash = state["previous_hash"]
+        verifier._chain_head = state["chain_head"]
+        verifier._computed_head = state["computed_head"]
+        verifier._last_timestamp = _time_of(state["last_timestamp"])
+        verifier._created = state["created"]
+        verifier._balance_sum_minutes = state["balance_sum_minutes"]
+        verifier._accounts = {k: AccountTotals(**a) for k, a in state["accounts"].items()}
+        verifier._transfers = {
+            k: TransferTotals(**{**t, "deadline": _time_of(t["deadline"])})
+            for k, t in state["holds"].items()
+        }
+        verifier._open_holds = set(verifier._transfers)
+        verifier._api_keys = dict(state["api_keys"])
+        verifier._member_token_kids = set(state["member_token_kids"])
+        return verifier
+
+    def _check_expected(self, version: int) -> None:
+        head = self._computed_head if self._computed_head is not None else self._chain_head
+        for expected in self._expected.pop(version, []):
+            if expected.reason is Reason.CHECKPOINT_HEAD_MISMATCH:
+                self._checkpoints_checked += 1
+            elif expected.reason is Reason.EXPECTED_HEAD_MISMATCH:
+                self._heads_checked += 1
+            if expected.chain_head != head:
+                self._report(
+                    version,
+                    expected.reason,
+                    f"{expected.source} says the chain head here is {expected.chain_head[:12]}...,"
+                    f" the history has {head[:12]}...",
+                )
 
     # ----------------------------------------------------------------- invariant 4: the history
 
@@ -386,6 +780,7 @@ class Verifier:
             self._report(expected, Reason.VERSION_GAP, f"event(s) {missing} missing")
             # The hash this event follows is in the missing events: the gap explains the break.
             self._previous_hash = None
+            self._computed_head = None
         self._position = record.version
         return True
 
@@ -406,6 +801,12 @@ class Verifier:
         previous = self._previous_hash
         self._chain_head = record.chain_hash
         self._previous_hash = record.chain_hash if _hash_re.match(record.chain_hash) else None
+        computed = self._computed_head
+        self._computed_head = (
+            None
+            if computed is None
+            else hashlib.sha256(bytes.fromhex(computed) + record.stored).hexdigest()
+        )
         if not record.canonical:
             self._report(
                 record.version,
@@ -536,6 +937,11 @@ class Verifier:
         account.debit_exposure_at_limit_change_minutes = account.debit_exposure_minutes
         account.credit_exposure_at_limit_change_minutes = account.credit_exposure_minutes
 
+    def _metadata_changed(self, record: RecordedEvent, step: _Step) -> None:
+        f = record.fields
+        self._check_request_id(step.version, f["request_id"])
+        self._touch(step, f["account_id"])
+
     def _status_changed(self, record: RecordedEvent, step: _Step) -> None:
         f = record.fields
         self._check_request_id(step.version, f["request_id"])
@@ -598,6 +1004,7 @@ class Verifier:
         )
         if pending:
             self._hold(step, self._transfers[transfer_id], amount)
+            self._open_holds.add(transfer_id)
         else:
             self._move(step, f["payer_account_id"], f["payee_account_id"], amount)
 
@@ -614,7 +1021,7 @@ class Verifier:
                 Reason.POSTED_AMOUNT_INVALID,
                 f"posted {posted} of a pending transfer of {transfer.amount_minutes} minutes",
             )
-        self._resolve(step, transfer, "posted")
+        self._resolve(step, f["transfer_id"], transfer, "posted")
         transfer.posted_amount_minutes = posted
         self._move(step, transfer.payer_account_id, transfer.payee_account_id, posted)
 
@@ -622,7 +1029,7 @@ class Verifier:
         self._check_request_id(step.version, record.fields["request_id"])
         transfer = self._resolvable(step.version, record.fields["transfer_id"])
         if transfer is not None:
-            self._resolve(step, transfer, "voided")
+            self._resolve(step, record.fields["transfer_id"], transfer, "voided")
 
     def _pending_expired(self, record: RecordedEvent, step: _Step) -> None:
         transfer = self._resolvable(step.version, record.fields["transfer_id"])
@@ -636,7 +1043,7 @@ class Verifier:
                 f"{record.timestamp.isoformat()}, its deadline is "
                 f"{transfer.deadline.isoformat() if transfer.deadline else 'none'}",
             )
-        self._resolve(step, transfer, "expired")
+        self._resolve(step, record.fields["transfer_id"], transfer, "expired")
 
     def _transfer_reversed(self, record: RecordedEvent, step: _Step) -> None:
         f = record.fields
@@ -757,8 +1164,11 @@ class Verifier:
         if payee is not None:
             payee.pending_credit_minutes += amount_minutes
 
-    def _resolve(self, step: _Step, transfer: TransferTotals, status: str) -> None:
+    def _resolve(
+        self, step: _Step, transfer_id: str, transfer: TransferTotals, status: str
+    ) -> None:
         transfer.status = status
+        self._open_holds.discard(transfer_id)
         self._hold(step, transfer, -transfer.amount_minutes)
 
     def _move(self, step: _Step, payer_id: str, payee_id: str, amount_minutes: int) -> None:
@@ -853,3 +1263,265 @@ def _parse_deadline(text: str) -> datetime | str | None:
     if deadline.utcoffset() is None:
         return f"deadline {text!r} has no time zone"
     return deadline
+
+
+_ACCOUNT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(AccountTotals))
+_TRANSFER_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TransferTotals))
+
+
+def _fields_of(item: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(item, name) for name in names}
+
+
+def _time_text(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat(timespec="microseconds")
+
+
+def _time_of(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+# --------------------------------------------------------------------------- sources
+
+# An export file (`timebank-ledger export`): JSON lines, in this order:
+#   {"type": "export", "format": "timebank-ledger-export", "history_format": 2, "bank": uuid,
+#    "bank_id": id, "position": n, "chain_head": hash, "exported_at": time}
+#   {"type": "checkpoint_key", "key_id": id, "public_key_pem": pem}           (any number)
+#   {"type": "checkpoint", "payload": base64, "signature": base64}           (any number)
+#   {"type": "event", "position": n, "chain_hash": hash, "stored": base64}  (1, 2, ... n)
+#   {"type": "end", "events": n, "position": n, "chain_head": hash}
+# `stored` is the event's bytes exactly as stored and hashed, in base64 (RFC 4648).
+EXPORT_FORMAT: Final = "timebank-ledger-export"
+EXPORT_HISTORY_FORMAT: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ExportHeader:
+    bank_uuid: str
+    bank_id: str
+    position: int
+    chain_head: str
+    # The signing keys the file carries (key id -> public key PEM): what the exporting
+    # server said it signs with. Not to be trusted on their own: pin keys out of band.
+    checkpoint_keys: Mapping[str, bytes]
+
+
+class ExportError(ValueError):
+    """The file is not an export (or not one this verifier reads)."""
+
+
+def read_export(lines: Iterable[bytes]) -> tuple[ExportHeader, list[Checkpoint], Iterator[Any]]:
+    """The header, the checkpoints and an iterator of the remaining parsed lines."""
+    items = (_export_line(number, line) for number, line in enumerate(lines, 1))
+    header_line = next(items, None)
+    if (
+        not isinstance(header_line, dict)
+        or header_line.get("type") != "export"
+        or header_line.get("format") != EXPORT_FORMAT
+    ):
+        raise ExportError("the file does not start with a timebank-ledger export header")
+    if header_line.get("history_format") != EXPORT_HISTORY_FORMAT:
+        raise ExportError(f"history format {header_line.get('history_format')!r} is not 2")
+    keys: dict[str, bytes] = {}
+    checkpoints: list[Checkpoint] = []
+    rest: Any = None
+    for item in items:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "checkpoint_key":
+            keys[str(item["key_id"])] = str(item["public_key_pem"]).encode()
+        elif kind == "checkpoint":
+            checkpoints.append(Checkpoint(_b64(item.get("payload")), _b64(item.get("signature"))))
+        else:
+            rest = item
+            break
+    header = ExportHeader(
+        bank_uuid=str(header_line.get("bank")),
+        bank_id=str(header_line.get("bank_id")),
+        position=int(header_line.get("position", 0)),
+        chain_head=str(header_line.get("chain_head")),
+        checkpoint_keys=keys,
+    )
+    remaining = items if rest is None else _chain_one(rest, items)
+    return header, checkpoints, remaining
+
+
+def _chain_one(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _export_line(number: int, line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {"type": "unreadable", "line": number}
+
+
+def _b64(value: Any) -> bytes:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def verify_export_lines(
+    lines: Iterable[bytes],
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    expected_heads: Sequence[tuple[int, str]] = (),
+) -> tuple[ExportHeader, Report]:
+    """Verify an export read line by line; ExportError if it is not an export at all."""
+    header, checkpoints, items = read_export(lines)
+    verifier = Verifier(header.bank_uuid, public_keys=public_keys)
+    for checkpoint in checkpoints:
+        verifier.add_checkpoint(checkpoint)
+    for position, chain_head in expected_heads:
+        verifier.expect_head(position, chain_head)
+    ended = False
+    for item in items:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if ended:
+            verifier.report_source_problem("the file goes on after its end line")
+            break
+        if kind == "event":
+            verifier.feed_stored(_b64(item.get("stored")), str(item.get("chain_hash", "")))
+        elif kind == "end":
+            ended = True
+            if (item.get("position"), item.get("chain_head")) != (
+                header.position,
+                header.chain_head,
+            ):
+                verifier.report_source_problem("the end line does not match the header")
+        else:
+            verifier.report_source_problem(f"a line that is not an event: {str(item)[:80]}")
+    if not ended:
+        verifier.report_source_problem("the file ends without its end line (truncated?)")
+    # The header names the head the exporting server had: the file must end there.
+    if header.position != verifier.position and header.position < verifier.position:
+        verifier.report_source_problem(f"the header says the history ends at {header.position}")
+    elif header.position:
+        verifier.check_source_head(header.position, header.chain_head, "the file's header")
+    verifier.finish()
+    return header, verifier.report()
+
+
+def verify_export(
+    path: Path,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    expected_heads: Sequence[tuple[int, str]] = (),
+) -> tuple[ExportHeader, Report]:
+    with path.open("rb") as lines:
+        return verify_export_lines(lines, public_keys=public_keys, expected_heads=expected_heads)
+
+
+class Channel(Protocol):
+    """What this module needs of a gRPC channel (grpc.Channel has it)."""
+
+    def unary_unary(
+        self, method: str, request_serializer: Any, response_deserializer: Any
+    ) -> Any: ...
+
+    def unary_stream(
+        self, method: str, request_serializer: Any, response_deserializer: Any
+    ) -> Any: ...
+
+
+_audit_service: Final = "/timebank.ledger.v1.AuditService/"
+# Checkpoints asked for per page; the server's own cap may be lower.
+checkpoints_per_page: Final = 1000
+
+
+def verify_server(
+    channel: Channel,
+    bank_id: str,
+    api_key: str,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    expected_heads: Sequence[tuple[int, str]] = (),
+    timeout_seconds: float | None = None,
+) -> Report:
+    """Verify a bank through AuditService: every signed checkpoint (ListCheckpoints), then
+    the whole history (StreamEvents, stored bytes only, up to the head when it starts)."""
+    from timebank.ledger.v1 import audit_pb2  # the generated messages only: no gRPC runtime
+
+    metadata = (("authorization", f"Bearer {api_key}"),)
+    list_checkpoints = channel.unary_unary(
+        _audit_service + "ListCheckpoints",
+        request_serializer=audit_pb2.ListCheckpointsRequest.SerializeToString,
+        response_deserializer=audit_pb2.ListCheckpointsResponse.FromString,
+    )
+    stream_events = channel.unary_stream(
+        _audit_service + "StreamEvents",
+        request_serializer=audit_pb2.StreamEventsRequest.SerializeToString,
+        response_deserializer=audit_pb2.StreamEventsResponse.FromString,
+    )
+    checkpoints: list[Checkpoint] = []
+    token = ""
+    while True:
+        page = list_checkpoints(
+            audit_pb2.ListCheckpointsRequest(
+                bank_id=bank_id, page_size=checkpoints_per_page, page_token=token
+            ),
+            metadata=metadata,
+            timeout=timeout_seconds,
+        )
+        checkpoints += [Checkpoint(c.payload, c.signature) for c in page.checkpoints]
+        token = page.next_page_token
+        if not token:
+            break
+    verifier = Verifier(bank_uuid_of(bank_id), public_keys=public_keys)
+    for checkpoint in checkpoints:
+        verifier.add_checkpoint(checkpoint)
+    for position, chain_head in expected_heads:
+        verifier.expect_head(position, chain_head)
+    request = audit_pb2.StreamEventsRequest(
+        bank_id=bank_id, from_position=1, view=audit_pb2.EVENT_VIEW_STORED
+    )
+    for chunk in stream_events(request, metadata=metadata, timeout=timeout_seconds):
+        for event in chunk.events:
+            verifier.feed_stored(event.stored, event.chain_hash)
+    verifier.finish()
+    return verifier.report()
+
+
+def bank_uuid_of(bank_id: str) -> str:
+    """A bank's history id: uuid5(NAMESPACE_URL, "timebank-ledger:bank:" + bank id)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"timebank-ledger:bank:{bank_id}"))
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_expected_head(text: str) -> tuple[int, str]:
+    """POSITION:HASH, as `--expect-head` takes it."""
+    position, _, chain_head = text.partition(":")
+    if not position.isdigit() or int(position) < 1 or not _hash_re.match(chain_head.lower()):
+        raise ValueError(f"{text!r} is not POSITION:HASH (a position and 64 hex digits)")
+    return int(position), chain_head.lower()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ledger.verifier --file EXPORT`: prints the report; exit 1 if it fails."""
+    parser = argparse.ArgumentParser(prog="verifier", description="Verify a bank's export.")
+    parser.add_argument("--file", type=Path, required=True, help="a timebank-ledger export")
+    parser.add_argument(
+        "--public-key", type=Path, action="append", default=[], help="PEM; repeatable"
+    )
+    parser.add_argument(
+        "--expect-head", action="append", default=[], metavar="POSITION:HASH", help="repeatable"
+    )
+    args = parser.parse_args(argv)
+    try:
+        keys = public_keys_by_id(path.read_bytes() for path in args.public_key)
+        heads = [parse_expected_head(text) for text in args.expect_head]
+        _, report = verify_export(args.file, public_keys=keys, expected_heads=heads)
+    except (OSError, ValueError) as error:
+        print(f"verifier: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(report.summary()))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
