@@ -100,9 +100,7 @@ class TestPostgresRecorder(_Postgres, ApplicationRecorderTestCase[LedgerPostgres
 
 
 @pytest.mark.postgres
-class TestPostgresNotificationIdsDoNotInterleave(
-    _Postgres, NonInterleavingNotificationIDsBaseCase
-):
+class TestPostgresNotificationIdsDoNotInterleave(_Postgres, NonInterleavingNotificationIDsBaseCase):
     insert_num = 200
 
 
@@ -125,16 +123,12 @@ def test_events_and_index_rows_commit_together_or_not_at_all(store: str) -> None
         recorder.insert_events([_event(bank, 1)], index=IndexWrite(chain=[_chain_row(bank, 1)]))
         # An index row that clashes (version 1's chain row again) takes its events down too.
         with pytest.raises(IntegrityError):
-            recorder.insert_events(
-                [_event(bank, 2)], index=IndexWrite(chain=[_chain_row(bank, 1)])
-            )
+            recorder.insert_events([_event(bank, 2)], index=IndexWrite(chain=[_chain_row(bank, 1)]))
         assert [e.originator_version for e in recorder.select_events(bank)] == [1]
         # And an event that clashes takes its index rows down: version 2's chain row is not
         # there, so it can be written by the retry.
         with pytest.raises(IntegrityError):
-            recorder.insert_events(
-                [_event(bank, 1)], index=IndexWrite(chain=[_chain_row(bank, 2)])
-            )
+            recorder.insert_events([_event(bank, 1)], index=IndexWrite(chain=[_chain_row(bank, 2)]))
         recorder.insert_events([_event(bank, 2)], index=IndexWrite(chain=[_chain_row(bank, 2)]))
         assert [e.originator_version for e in recorder.select_events(bank)] == [1, 2]
     finally:

@@ -43,8 +43,10 @@ account_tag_value_length_max = 256
 
 # Lists (issue 12). A filter an index does not answer on its own is checked row by row, on
 # at most this many rows of the index per page: a page may then hold fewer items than asked
-# (even none) and still have a next page. Bounds the cost of a page whatever the history.
-list_rows_scanned_per_page_max = 500
+# (even none) and still have a next page. Bounds the cost of a page whatever the history
+# (a few milliseconds on PostgreSQL: load_tests/RESULTS.md, "Lists"). More than
+# storage.schema.time_mark_every, so a time range's first page reaches into the range.
+list_rows_scanned_per_page_max = 300
 # total_size is given when the list's own index holds at most this many entries (counted
 # with a bounded scan), or when a kept count answers it (a bank's accounts and transfers).
 list_total_size_counted_max = 1_000

@@ -21,8 +21,11 @@ from typing import Any, Generic, TypeVar
 from ledger.domain import chain, limits
 from ledger.domain.views import AccountView, BankView, TransferView
 from ledger.storage import rows
-from ledger.storage.schema import NOT_PLAINLY_POSTED, TIME_MARK
+from ledger.storage.schema import NOT_PLAINLY_POSTED, TIME_MARK, time_mark_every
 from ledger.storage.store import LedgerStore
+
+# A time range's edges are exact to within time_mark_every transfers: a page scans past them.
+assert limits.list_rows_scanned_per_page_max > time_mark_every
 
 # Above every number a page can start below (numbers stay inside a signed 64-bit integer).
 number_max = 2**62
