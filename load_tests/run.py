@@ -464,8 +464,9 @@ def _report(scenario: Scenario, step: StepSummary) -> None:
         f"  p50 {latency['p50']:7.1f}  p99 {latency['p99']:7.1f}  p99.9 {latency['p99.9']:7.1f} ms"
         f"  dropped {step.dropped} late {step.late} errors {errors or 0}"
         f"{' items ' + str(step.item_errors) if step.item_errors else ''}"
-        f"  cpu% server {cpu.get('server', 0):.0f} pg {cpu.get('postgres', 0):.0f}"
-        f" gen {cpu.get('generators', 0):.0f} other {cpu.get('other', 0):.0f}",
+        f"  cpu% server {cpu.get('server', 0):.0f} proj {cpu.get('projections', 0):.0f}"
+        f" pg {cpu.get('postgres', 0):.0f} gen {cpu.get('generators', 0):.0f}"
+        f" other {cpu.get('other', 0):.0f}",
         flush=True,
     )
 
@@ -500,7 +501,7 @@ def summarise(runs: Sequence[ScenarioRun]) -> dict[str, dict[str, Any]]:
             "peak_p99_ms": _spread([p.latency_ms["p99"] for p in peaks]),
             "peak_cpu_percent": {
                 part: _spread([p.cpu_percent.get(part, math.nan) for p in peaks])
-                for part in ("server", "postgres", "generators", "other")
+                for part in ("server", "projections", "postgres", "generators", "other")
             },
             "half_calls_per_second": _spread([h.offered_calls_per_second for h in halves]),
             "half_p50_ms": _spread([h.latency_ms["p50"] for h in halves]),

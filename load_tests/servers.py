@@ -257,6 +257,8 @@ class CpuSample:
 
     at: float
     server_seconds: float
+    # By process id: the server's child processes (the projection process `serve` starts).
+    children_seconds: dict[int, float]
     # By process id: the PostgreSQL backends serving the server, and every postgres process
     # (others' included). Backends come and go between samples.
     backend_seconds: dict[int, float]
@@ -271,6 +273,7 @@ def sample_cpu(server_pid: int, backend_pids: frozenset[int] = frozenset()) -> C
     return CpuSample(
         at=time.monotonic(),
         server_seconds=_process_cpu_seconds(server_pid),
+        children_seconds={pid: _process_cpu_seconds(pid) for pid in children_of(server_pid)},
         backend_seconds={pid: _process_cpu_seconds(pid) for pid in backend_pids},
         postgres_seconds=_postgres_cpu_seconds(),
         machine_busy_seconds=busy,
@@ -282,11 +285,13 @@ def server_backends(server_pid: int, database_url: str) -> frozenset[int]:
     """Process ids of the PostgreSQL backends whose clients are the server's connections.
 
     Other people's work on a shared database server is not the server's cost: the server's
-    TCP connections to PostgreSQL are found from its sockets, then matched by client port
-    in pg_stat_activity.
+    TCP connections to PostgreSQL (and its child processes', the projections') are found
+    from their sockets, then matched by client port in pg_stat_activity.
     """
     postgres_port = urlsplit(database_url).port or 5432
-    ports = _client_ports(server_pid, postgres_port)
+    ports = set()
+    for pid in (server_pid, *children_of(server_pid)):
+        ports |= _client_ports(pid, postgres_port)
     if not ports:
         return frozenset()
     with psycopg.connect(
@@ -331,17 +336,21 @@ def cpu_percent(before: CpuSample, after: CpuSample, generator_seconds: float) -
         return round(100.0 * seconds / wall, 1)
 
     server = after.server_seconds - before.server_seconds
+    children = _delta(before.children_seconds, after.children_seconds)
     backends = _delta(before.backend_seconds, after.backend_seconds)
     busy = after.machine_busy_seconds - before.machine_busy_seconds
     return {
         "server": share(server),
+        # The projection process `serve` supervises (its own CPU; its backends are in
+        # "postgres"): part of the ledger's cost, though not of its request path.
+        "projections": share(children),
         "postgres": share(backends),
         "postgres_all": share(_delta(before.postgres_seconds, after.postgres_seconds)),
         "generators": share(generator_seconds),
         "machine_busy": share(busy),
         # Everything else: other people's work on a shared machine, PostgreSQL's background
         # processes (WAL writer...), and this harness.
-        "other": share(max(0.0, busy - server - backends - generator_seconds)),
+        "other": share(max(0.0, busy - server - children - backends - generator_seconds)),
         "machine_steal": share(after.machine_steal_seconds - before.machine_steal_seconds),
     }
 
@@ -362,6 +371,22 @@ def _stat_cpu_seconds(stat: str) -> float:
     # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _clock_ticks_per_second
+
+
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (the parent's id) is the second after the parenthesised command name.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
 
 
 def _postgres_cpu_seconds() -> dict[int, float]:
