@@ -8,7 +8,6 @@ translated for psycopg.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -152,51 +151,6 @@ def upsert_rows(
     )
 
 
-def add_to_rows(
-    cursor: Cursor,
-    table: str,
-    columns: Sequence[tuple[str, str]],
-    key_columns: Sequence[str],
-    rows: Sequence[Params],
-    *,
-    insert_missing: bool,
-) -> None:
-    """Add each row's non-key values to the row with its key (counters and balances); a key
-    not there yet is inserted with the values if `insert_missing`, else left alone. The
-    rows' keys must be distinct. `columns` are (name, SQL type) pairs in the rows' order.
-    One statement where the cursor offers it (PostgreSQL), else executemany."""
-    if not rows:
-        return
-    add_rows = getattr(cursor, "add_to_rows", None)
-    if add_rows is not None:
-        add_rows(table, columns, key_columns, rows, insert_missing)
-        return
-    names = [name for name, _ in columns]
-    added = [name for name in names if name not in key_columns]
-    if insert_missing:
-        sums = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
-        statement = (
-            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
-            f" ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {sums}"
-        )
-        cursor.executemany(statement, rows)
-        return
-    sums = ", ".join(f"{name} = {name} + ?" for name in added)
-    keys = " AND ".join(f"{name} = ?" for name in key_columns)
-    cursor.executemany(
-        f"UPDATE {table} SET {sums} WHERE {keys}",
-        [_values_then_keys(row, names, key_columns) for row in rows],
-    )
-
-
-def _values_then_keys(row: Params, names: Sequence[str], key_columns: Sequence[str]) -> Row:
-    by_name = dict(zip(names, row, strict=True))
-    return (
-        *(by_name[name] for name in names if name not in key_columns),
-        *(by_name[name] for name in key_columns),
-    )
-
-
 def _on_conflict_update(names: Sequence[str], key_columns: Sequence[str]) -> str:
     updates = ", ".join(f"{name} = excluded.{name}" for name in names if name not in key_columns)
     return f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
@@ -278,34 +232,6 @@ class _PostgresCursor:
             f" INSERT INTO {table} ({listed}) SELECT {listed} FROM staged"
             f" {_on_conflict_update(names, key_columns)}"
         )
-
-    def add_to_rows(
-        self,
-        table: str,
-        columns: Sequence[tuple[str, str]],
-        key_columns: Sequence[str],
-        rows: Sequence[Params],
-        insert_missing: bool,
-    ) -> None:
-        """One statement over the rows sent as one jsonb array: each row bound one by one
-        (executemany) cost a protocol round of its own, the views' largest cost per page."""
-        names = [name for name, _ in columns]
-        added = [name for name in names if name not in key_columns]
-        record = ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
-        source = f"jsonb_to_recordset(?::jsonb) AS v({record})"
-        if insert_missing:
-            sums = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
-            statement = (
-                f"INSERT INTO {table} ({', '.join(names)})"
-                f" SELECT {', '.join(names)} FROM {source}"
-                f" ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {sums}"
-            )
-        else:
-            sums = ", ".join(f"{name} = {table}.{name} + v.{name}" for name in added)
-            keys = " AND ".join(f"{table}.{name} = v.{name}" for name in key_columns)
-            statement = f"UPDATE {table} SET {sums} FROM {source} WHERE {keys}"
-        document = json.dumps([dict(zip(names, row, strict=True)) for row in rows])
-        self.execute(statement, (document,))
 
     def select_any(self, statement: str, params: Params, keys: Sequence[Any]) -> list[Row]:
         return self.query(statement, (*params, list(keys)))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from projections.db import Cursor, add_to_rows, insert_rows
+from projections.db import Cursor, insert_rows
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS report_banks ("
@@ -69,22 +69,6 @@ _DDL = (
     " bank_id TEXT NOT NULL, month TEXT NOT NULL, category TEXT NOT NULL,"
     " exchanges BIGINT NOT NULL, minutes BIGINT NOT NULL,"
     " PRIMARY KEY (bank_id, month, category))",
-)
-# Columns of the monthly counters, as their rows are written (name, SQL type).
-_ACCOUNT_MONTH_COLUMNS = (
-    ("bank_id", "TEXT"),
-    ("month", "TEXT"),
-    ("account_id", "TEXT"),
-    ("exchanges", "BIGINT"),
-    ("given_minutes", "BIGINT"),
-    ("received_minutes", "BIGINT"),
-)
-_CATEGORY_MONTH_COLUMNS = (
-    ("bank_id", "TEXT"),
-    ("month", "TEXT"),
-    ("category", "TEXT"),
-    ("exchanges", "BIGINT"),
-    ("minutes", "BIGINT"),
 )
 # Every table of the projection, in the order a rebuild drops them.
 REPORT_TABLES = (
@@ -339,21 +323,22 @@ class _Batch:
         )
         self._write_accounts()
         self._write_transfers()
-        add_to_rows(
-            cursor,
-            "report_account_months",
-            _ACCOUNT_MONTH_COLUMNS,
-            ("bank_id", "month", "account_id"),
+        cursor.executemany(
+            "INSERT INTO report_account_months (bank_id, month, account_id, exchanges,"
+            " given_minutes, received_minutes) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (bank_id, month, account_id) DO UPDATE SET"
+            " exchanges = report_account_months.exchanges + excluded.exchanges,"
+            " given_minutes = report_account_months.given_minutes + excluded.given_minutes,"
+            " received_minutes = report_account_months.received_minutes"
+            " + excluded.received_minutes",
             [(*key, *values) for key, values in self.account_months.items()],
-            insert_missing=True,
         )
-        add_to_rows(
-            cursor,
-            "report_category_months",
-            _CATEGORY_MONTH_COLUMNS,
-            ("bank_id", "month", "category"),
+        cursor.executemany(
+            "INSERT INTO report_category_months (bank_id, month, category, exchanges, minutes)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (bank_id, month, category) DO UPDATE SET"
+            " exchanges = report_category_months.exchanges + excluded.exchanges,"
+            " minutes = report_category_months.minutes + excluded.minutes",
             [(*key, *values) for key, values in self.category_months.items()],
-            insert_missing=True,
         )
 
     def _write_accounts(self) -> None:
@@ -365,7 +350,7 @@ class _Batch:
                 opened.append((bank_id, account_id, change.kind, status, balance))
                 continue
             if change.balance_delta_minutes:
-                moved.append((bank_id, account_id, change.balance_delta_minutes))
+                moved.append((change.balance_delta_minutes, bank_id, account_id))
             if change.status is not None:
                 statuses.append((change.status, bank_id, account_id))
         self.cursor.executemany(
@@ -373,13 +358,10 @@ class _Batch:
             " VALUES (?, ?, ?, ?, ?)",
             opened,
         )
-        add_to_rows(
-            self.cursor,
-            "report_accounts",
-            (("bank_id", "TEXT"), ("account_id", "TEXT"), ("balance_minutes", "BIGINT")),
-            ("bank_id", "account_id"),
+        self.cursor.executemany(
+            "UPDATE report_accounts SET balance_minutes = balance_minutes + ?"
+            " WHERE bank_id = ? AND account_id = ?",
             moved,
-            insert_missing=False,
         )
         self.cursor.executemany(
             "UPDATE report_accounts SET status = ? WHERE bank_id = ? AND account_id = ?", statuses
