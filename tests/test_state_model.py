@@ -26,7 +26,7 @@ from ledger.application.verification import verify_bank
 from ledger.domain import canonical
 from ledger.domain.bank import bank_uuid
 from ledger.domain.commands import CreateBank, CreateTransfer, CreateTransfers, OpenAccount
-from ledger.domain.errors import IdConflict
+from ledger.domain.errors import DomainError, IdConflict
 from ledger.domain.state import SNAPSHOT_FORMAT, BankState
 from ledger.domain.views import TransferView
 from ledger.storage.store import Snapshot
@@ -398,4 +398,46 @@ def test_a_retry_of_an_id_from_long_ago_finds_its_first_write(
     with pytest.raises(IdConflict) as info:
         pay(second, "long-ago", "m0", "m1", 26)
     assert info.value.reason == "EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES"
+    assert verify_bank(second.store, BANK).ok
+
+
+def test_a_retry_from_long_ago_that_todays_balance_would_refuse_gets_its_first_result(
+    durable_store_url: str, make_ledger: MakeLedger
+) -> None:
+    # The payer has since spent down to its limit: decided today, the retried transfer (and
+    # the retried batch item) would be refused. A retry is answered from its first write.
+    first = make_ledger(durable_store_url)
+    start_bank(first)
+    original = pay(first, "long-ago", "m0", "m1", 25)
+    grouped = first.execute(
+        BANK,
+        CreateTransfers(
+            (
+                CreateTransfer("long-ago-item", "m0", "m2", 5),
+                CreateTransfer("long-ago-other", "m1", "m2", 5),
+            )
+        ),
+    )
+    pay(first, "spend-down", "m0", "m2", 10_000 - 25 - 5)
+    position = first.get_bank(BANK).position
+    # A new Ledger takes the ids as new; its first decision refuses them on the limit.
+    second = make_ledger(durable_store_url)
+    assert pay(second, "long-ago", "m0", "m1", 25) == original
+    again = second.execute(
+        BANK,
+        CreateTransfers(
+            (
+                CreateTransfer("long-ago-item", "m0", "m2", 5),
+                CreateTransfer("long-ago-other", "m1", "m2", 5),
+            )
+        ),
+    )
+    assert again == grouped
+    assert all(item.error is None for item in again)
+    # A new transfer over the limit is still refused, and nothing was recorded twice.
+    with pytest.raises(DomainError) as refused:
+        pay(second, "new-one", "m0", "m1", 1)
+    assert refused.value.reason == "EXCEEDS_LOWER_LIMIT"
+    assert second.get_bank(BANK).position == position
+    assert second.get_account(BANK, "m0").balance_minutes == -10_000
     assert verify_bank(second.store, BANK).ok

@@ -38,7 +38,7 @@ from ledger.domain.commands import Command
 from ledger.domain.errors import DomainError, Overloaded, Unavailable, WriteConflict
 from ledger.domain.records import RecordBook
 from ledger.domain.state import BankState
-from ledger.domain.views import BankView
+from ledger.domain.views import BankView, BatchItemResult
 from ledger.storage.index import index_write
 from ledger.storage.store import LedgerStore
 
@@ -65,6 +65,10 @@ class Job:
 
 class _Conflict(Exception):
     """The store already holds a version this batch tried to commit."""
+
+
+class _Recheck(Exception):
+    """The optimistic attempt refused a command whose id the store already holds."""
 
 
 class BankWriter:
@@ -192,6 +196,19 @@ class BankWriter:
                 for job in jobs:
                     _settle(job, error)
                 return
+            except _Recheck:
+                # A refused command was a retry of an id already stored: decide the batch
+                # again with every id looked up (nothing was committed; the state is current).
+                try:
+                    self._attempt(state, jobs, careful=True)
+                except DomainError as error:
+                    for job in jobs:
+                        _settle(job, error)
+                except _Conflict:
+                    log.warning("writer_conflict bank_id=%s attempt=%s", self.bank_id, attempt + 1)
+                    self._stale = True
+                    continue
+                return
             except _Conflict:
                 # Another writer committed first: catch up and decide again on its state.
                 log.warning("writer_conflict bank_id=%s attempt=%s", self.bank_id, attempt + 1)
@@ -235,14 +252,16 @@ class BankWriter:
             partial(self._store.requests, self.bank_uuid),
         )
         commands = [job.command for job in jobs]
+        assumed: set[str] = set()
         if not careful:
             # Ids of open holds or of transfers made lately (a client retrying a write whose
             # answer it did not wait for) are looked up; other new ids are taken as new.
-            records.assume_new(
+            assumed = {
                 transfer_id
                 for transfer_id in bank.new_transfer_ids(commands)
                 if transfer_id not in state.holds and transfer_id not in self._recent_ids
-            )
+            }
+            records.assume_new(assumed)
         try:
             records.prefetch(*bank.referenced_ids(commands))
         except Exception:
@@ -255,6 +274,8 @@ class BankWriter:
             metrics.writer_batch_commands.observe(len(jobs))
         try:
             results = self._apply(batch, jobs, now)
+            if assumed and self._refused_an_existing_id(jobs, results, assumed):
+                raise _Recheck
             if not batch.events and self._store_is_ahead(state):
                 raise _Conflict  # decided on a state another writer has moved on from
             self._commit(batch, state)
@@ -267,6 +288,31 @@ class BankWriter:
                 result = state.view()  # with the chain head, known once encoded
             _settle(job, result)
         self._maybe_snapshot(state)
+
+    def _refused_an_existing_id(
+        self, jobs: list[Job], results: list[Result], assumed: set[str]
+    ) -> bool:
+        """Whether a command refused on the optimistic attempt carries an id taken as new
+        that the store already holds: a retry of an old write, whose answer is its first
+        result (or ALREADY_EXISTS), never a refusal decided on today's balances. The store
+        refuses a known id only when the batch commits, so a refused one must be asked."""
+        suspects: set[str] = set()
+        for job, result in zip(jobs, results, strict=True):
+            refused = isinstance(result, DomainError) or (
+                isinstance(result, list)
+                and any(isinstance(item, BatchItemResult) and item.error for item in result)
+            )
+            if refused:
+                suspects |= bank.new_transfer_ids([job.command]) & assumed
+        if not suspects:
+            return False
+        try:
+            return bool(self._store.transfers(self.bank_uuid, sorted(suspects)))
+        except Exception:
+            log.exception("writer_lookup_failed bank_id=%s", self.bank_id)
+            raise Unavailable(
+                "STORE_UNAVAILABLE", "the index cannot be read; retry later"
+            ) from None
 
     def _remember(self, transfer_ids: set[str]) -> None:
         recent = self._recent_ids
