@@ -8,6 +8,7 @@
     timebank-ledger export --bank ID / import FILE  # move a bank (see audit_cli.py)
     timebank-ledger keys create|list|revoke ...   # the operator's API keys (see admin_keys.py)
     timebank-ledger demo  [--address HOST:PORT]   # a client: two members swap an hour and a half
+    timebank-ledger pool-demo [--address HOST:PORT]  # a pot from creation to a posted grant
 
 On its first start on the embedded default (SQLite), `serve` writes an operator key and a
 demo bank's admin key to `<database>.keys.json` (mode 0600); `demo` uses them.
@@ -79,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keys-file", type=Path, help="default: the one `serve` wrote beside the SQLite file"
     )
     demo_parser.add_argument("--ca-file", type=Path, help="the server's CA, to connect by TLS")
+    # Issue 11: a community pot from creation to a posted grant (ledger/pool_demo.py).
+    pool_demo_parser = commands.add_parser(
+        "pool-demo", help="walk through a pool, from its creation to a posted grant"
+    )
+    pool_demo_parser.add_argument("--address", help="host:port of the server")
+    pool_demo_parser.add_argument("--keys-file", type=Path, help="as for demo")
+    pool_demo_parser.add_argument("--ca-file", type=Path, help="as for demo")
     args = parser.parse_args(argv)
 
     try:
@@ -118,8 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings)
     from ledger.demo import demo
+    from ledger.pool_demo import pool_demo
 
     keys_file = args.keys_file or settings.keys_file_path()
+    if args.command == "pool-demo":
+        return pool_demo(
+            settings.grpc_address, Path(keys_file) if keys_file else None, args.ca_file
+        )
     return demo(settings.grpc_address, Path(keys_file) if keys_file else None, args.ca_file)
 
 

@@ -49,7 +49,7 @@ import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -113,6 +113,9 @@ class Reason(StrEnum):
     DUPLICATE_KEY = "DUPLICATE_KEY"
     UNKNOWN_KEY = "UNKNOWN_KEY"
     KEY_REVOKED_TWICE = "KEY_REVOKED_TWICE"
+    # Pools: each grant within the policy in force when it was requested.
+    POOL_FLOOR_BROKEN = "POOL_FLOOR_BROKEN"
+    POOL_CAP_EXCEEDED = "POOL_CAP_EXCEEDED"
     # Signed checkpoints and saved heads: what the history must hold at their position.
     CHECKPOINT_SIGNATURE_INVALID = "CHECKPOINT_SIGNATURE_INVALID"
     CHECKPOINT_KEY_UNKNOWN = "CHECKPOINT_KEY_UNKNOWN"
@@ -386,6 +389,19 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
     "MemberTokenKeyRegistered": {"kid": (str,), "algorithm": (str,), "public_key_pem": (str,)},
     "MemberTokenKeyRemoved": {"kid": (str,)},
     "BankPolicyChanged": {"request_id": (str,), "member_tokens_required": (bool,)},
+    # Pools (issue 11): a policy, and grant requests with their decisions. The minutes move
+    # in the transfer and hold events around them; these only say what the transfer is.
+    "PoolPolicySet": {"request_id": (str,), "pool_account_id": (str,), "policy": (dict,)},
+    "GrantRequested": {
+        "grant_id": (str,),
+        "pool_account_id": (str,),
+        "member_account_id": (str,),
+        "amount_minutes": (int,),
+        "period_day": (str,),
+    },
+    # request_id is "" when the decision settles the request (its hold event has the id).
+    "GrantApproved": {"request_id": (str,), "grant_id": (str,), "approver": (str,)},
+    "GrantRejected": {"request_id": (str,), "grant_id": (str,), "approver": (str,)},
 }
 
 # Each item of a TransfersCreated event.
@@ -553,12 +569,19 @@ class Verifier:
             "MemberTokenKeyRegistered": self._member_token_key_registered,
             "MemberTokenKeyRemoved": self._member_token_key_removed,
             "BankPolicyChanged": self._policy_changed,
+            "PoolPolicySet": self._pool_policy_set,
+            "GrantRequested": self._grant_requested,
+            "GrantApproved": self._grant_decided,
+            "GrantRejected": self._grant_decided,
         }
         # Access: key id -> revoked?, and the member-token keys' ids.
         self._api_keys: dict[str, bool] = {}
         self._member_token_kids: set[str] = set()
         # Ids of the pending transfers not resolved yet.
         self._open_holds: set[str] = set()
+        # Pools: each one's policy in force; per (pool, member), its grants (day, grant id).
+        self._pool_policies: dict[str, Mapping[str, Any]] = {}
+        self._member_grants: dict[tuple[str, str], list[tuple[date, str]]] = {}
         assert set(self._handlers) == set(_SCHEMAS), "every event type needs a schema and a handler"
 
     # ----------------------------------------------------------------- the stream
@@ -1133,6 +1156,84 @@ class Verifier:
     def _policy_changed(self, record: RecordedEvent, step: _Step) -> None:
         self._check_request_id(step.version, record.fields["request_id"])
 
+    def _pool_policy_set(self, record: RecordedEvent, step: _Step) -> None:
+        self._check_request_id(step.version, record.fields["request_id"])
+        pool_id = record.fields["pool_account_id"]
+        account = self._accounts.get(pool_id)
+        if account is None:
+            self._report(step.version, Reason.UNKNOWN_ACCOUNT, f"pool {pool_id!r}")
+        elif account.kind != "pool":
+            self._report(step.version, Reason.MALFORMED_EVENT, f"{pool_id!r} is not a pool")
+        else:
+            self._pool_policies[pool_id] = record.fields["policy"]
+
+    def _grant_requested(self, record: RecordedEvent, step: _Step) -> None:
+        """A grant names the transfer recorded for it: out of its pool, to its member."""
+        f = record.fields
+        transfer = self._transfers.get(f["grant_id"])
+        if transfer is None:
+            self._report(step.version, Reason.UNKNOWN_TRANSFER, f"grant {f['grant_id']!r}")
+        elif (transfer.payer_account_id, transfer.payee_account_id, transfer.amount_minutes) != (
+            f["pool_account_id"],
+            f["member_account_id"],
+            f["amount_minutes"],
+        ):
+            self._report(
+                step.version,
+                Reason.MALFORMED_EVENT,
+                f"grant {f['grant_id']!r} does not match its transfer",
+            )
+        else:
+            self._check_grant(record, step)
+
+    def _check_grant(self, record: RecordedEvent, step: _Step) -> None:
+        """The pool's balance less its pending grants is at or above the floor, and the
+        member's grants (pending or posted) in the cap's period within the cap."""
+        f = record.fields
+        policy = self._pool_policies.get(f["pool_account_id"], {})
+        pool = self._accounts.get(f["pool_account_id"])
+        try:
+            day = date.fromisoformat(f["period_day"])
+            floor, cap = policy["floor_minutes"], policy["cap_minutes"]
+            period, days = policy["cap_period"], policy["cap_period_days"]
+        except (KeyError, TypeError, ValueError):
+            self._report(step.version, Reason.MALFORMED_EVENT, "grant without a readable policy")
+            return
+        if pool is None:
+            return  # reported with its transfer
+        if pool.debit_exposure_minutes < floor:
+            self._report(
+                step.version,
+                Reason.POOL_FLOOR_BROKEN,
+                f"grant {f['grant_id']!r} takes the pool to {pool.debit_exposure_minutes}"
+                f" minutes, below its floor of {floor}",
+            )
+        grants = self._member_grants.setdefault((f["pool_account_id"], f["member_account_id"]), [])
+        # Days older than any period (92 days at most) never count again.
+        grants[:] = [(d, g) for d, g in grants if (day - d).days < 92]
+        grants.append((day, f["grant_id"]))
+        if cap is None:
+            return
+        used = sum(
+            self._transfers[grant_id].amount_minutes
+            for grant_day, grant_id in grants
+            if self._transfers[grant_id].status in ("pending", "posted")
+            and _in_period(period, days, grant_day, day)
+        )
+        if used > cap:
+            self._report(
+                step.version,
+                Reason.POOL_CAP_EXCEEDED,
+                f"grant {f['grant_id']!r} takes {f['member_account_id']!r} to {used} minutes"
+                f" in its period, past the cap of {cap}",
+            )
+
+    def _grant_decided(self, record: RecordedEvent, step: _Step) -> None:
+        if record.fields["request_id"]:
+            self._check_request_id(step.version, record.fields["request_id"])
+        # Only an open request is decided.
+        self._resolvable(step.version, record.fields["grant_id"])
+
     # ----------------------------------------------------------------- small steps
 
     def _resolvable(self, version: int, transfer_id: str) -> TransferTotals | None:
@@ -1228,6 +1329,17 @@ class Verifier:
         self._violation_count += 1
         if len(self._violations) < violations_kept_max:
             self._violations.append(violation)
+
+
+def _in_period(period: str, days: int, day: date, today: date) -> bool:
+    """Whether a grant made on `day` counts against a cap on `today` (pools)."""
+    if day > today:
+        return False
+    if period == "calendar_month":
+        return (day.year, day.month) == (today.year, today.month)
+    if period == "calendar_week":
+        return today - timedelta(days=today.weekday()) <= day
+    return (today - day).days < days
 
 
 def _schema_problem(record: RecordedEvent) -> str:

@@ -19,14 +19,18 @@ from ledger.application.ledger import Ledger
 from ledger.domain.commands import (
     ChangeStatus,
     CreateBank,
+    CreatePool,
     CreateTransfer,
     CreateTransfers,
+    DecideGrant,
     OpenAccount,
     PostPending,
+    RequestGrant,
     ReverseTransfer,
     VoidPending,
 )
 from ledger.domain.errors import DomainError, PreconditionFailed
+from ledger.domain.pool_policy import PoolPolicy
 from ledger.domain.reasons import CODE, Reason
 from ledger.domain.views import BatchItemResult
 from ledger.service import errors
@@ -96,6 +100,29 @@ def test_every_failed_precondition_names_its_subject(make_ledger: Callable[..., 
     do(VoidPending("v3", "h3"))
     do(ChangeStatus("c3", "dee", "close"))
     meet(CreateTransfer("to-closed", "ana", "dee", 1))
+    # Pools (issue 11): who gives, how minutes leave, caps, floor and decisions.
+    do(OpenAccount("org", "organisation", lower_limit_minutes=-1000))
+    policy = PoolPolicy(
+        contributors="listed",
+        contributor_account_ids=("org",),
+        cap_minutes=20,
+        floor_minutes=10,
+        approvers=("member:ana", "member:ben"),
+        approvals_required=2,
+    )
+    do(CreatePool("pool-1", "pot", policy))
+    do(CreateTransfer("give", "org", "pot", 40))
+    meet(CreateTransfer("give-ben", "ben", "pot", 1))
+    meet(CreateTransfer("out", "pot", "ben", 1))
+    meet(RequestGrant("g0", "pot", "org", 5, actor="key:admin"))
+    do(RequestGrant("g1", "pot", "ben", 20, actor="key:app"))
+    meet(RequestGrant("g2", "pot", "ben", 1, actor="key:app"))
+    meet(RequestGrant("g3", "pot", "ana", 11, actor="key:app"))
+    meet(PostPending("p-grant", "g1"))
+    do(DecideGrant("a1", "pot", "g1", "approve", actor="key:app/member:ana"))
+    meet(DecideGrant("a2", "pot", "g1", "reject", actor="key:app/member:ana"))
+    do(DecideGrant("c1", "pot", "g1", "cancel", actor="key:admin", by_admin=True))
+    meet(DecideGrant("a3", "pot", "g1", "approve", actor="key:app/member:ana"))
     # A linked batch's neighbour: a batch item, named by its own transfer id.
     results = ledger.execute(
         BANK,

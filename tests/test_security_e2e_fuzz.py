@@ -48,6 +48,7 @@ our_services = {
     "timebank.ledger.v1.LedgerViewService",
     "timebank.ledger.v1.AccessService",
     "timebank.ledger.v1.AuditService",
+    "timebank.ledger.v1.PoolService",
 }
 four_mb = 4_000_000  # under the 4 MiB body limit, so the body is read and the id refused
 # A refused call's log lines, all together, stay far below what the client sent.

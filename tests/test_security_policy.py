@@ -15,6 +15,7 @@ ledger = "/timebank.ledger.v1.LedgerService/"
 views = "/timebank.ledger.v1.LedgerViewService/"
 access = "/timebank.ledger.v1.AccessService/"
 audit = "/timebank.ledger.v1.AuditService/"
+pools = "/timebank.ledger.v1.PoolService/"
 
 reads = {
     f"{ledger}GetBank",
@@ -26,6 +27,9 @@ reads = {
     f"{views}GetAccountSummary",
     f"{views}ListStatementEntries",
     f"{views}GetBankReport",
+    f"{pools}GetPool",
+    f"{pools}ListGrantRequests",
+    f"{pools}ListRequestsAwaitingApprover",
 }
 front_end_writes = {
     f"{ledger}OpenAccount",
@@ -34,6 +38,12 @@ front_end_writes = {
     f"{ledger}PostPendingTransfer",
     f"{ledger}VoidPendingTransfer",
     f"{ledger}ChangeAccountMetadata",
+    # Grants are asked for and decided through the front-end; who may decide one is the
+    # domain's rule (an approver's own member token, or an approver key).
+    f"{pools}RequestGrant",
+    f"{pools}ApproveGrant",
+    f"{pools}RejectGrant",
+    f"{pools}CancelGrant",
 }
 # A bank's whole transfer list: its coordinators and auditors, not its front-end (member
 # consent is per member, on the member-scoped lists).
@@ -47,6 +57,9 @@ admin_only = {
     f"{access}RegisterMemberTokenKey",
     f"{access}RemoveMemberTokenKey",
     f"{access}SetBankPolicy",
+    # Pool policies and approvers are the bank admin's.
+    f"{pools}CreatePool",
+    f"{pools}ChangePoolPolicy",
 }
 # Managing a bank's API keys: its admins, and the operator (for bank-admin keys).
 key_management = {f"{access}IssueApiKey", f"{access}RevokeApiKey", f"{access}ListApiKeys"}
@@ -72,7 +85,8 @@ def test_every_method_of_every_generated_service_has_a_rule() -> None:
     assert f"{views}GetBankReport" in methods
     assert f"{access}IssueApiKey" in methods
     assert f"{audit}StreamEvents" in methods
-    assert len(methods) == 36
+    assert f"{pools}ApproveGrant" in methods
+    assert len(methods) == 45
     assert methods_without_rule() == []
 
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from ledger.domain.events import Event
+from ledger.domain.pool_state import PoolState
 from ledger.domain.records import RecordBook
 from ledger.domain.state import Account, ApiKeyState, BankState, Hold, MemberTokenKey
 
@@ -47,6 +48,8 @@ class Batch:
         self.api_keys: dict[str, ApiKeyState] = {}
         self._member_token_keys: dict[str, MemberTokenKey] | None = None
         self._accounts: dict[str, Account] = {}
+        # Pools the batch changed (copied on first change, like accounts).
+        self._pools: dict[str, PoolState] = {}
         self._holds_added: dict[str, Hold] = {}
         self._holds_removed: set[str] = set()
         self._popped_deadlines: list[tuple[datetime, str]] = []
@@ -118,6 +121,26 @@ class Batch:
 
     def changed_accounts(self) -> list[Account]:
         return list(self._accounts.values())
+
+    # ----------------------------------------------------------------- pools
+
+    def pool(self, account_id: str) -> PoolState | None:
+        """The pool as this batch sees it (do not change it: use pool_for_update)."""
+        found = self._pools.get(account_id)
+        return found if found is not None else self.state.pools.get(account_id)
+
+    def pool_for_update(self, account_id: str) -> PoolState:
+        found = self._pools.get(account_id)
+        if found is None:
+            found = self._pools[account_id] = self.state.pools[account_id].copy_for_update()
+        return found
+
+    def add_pool(self, pool: PoolState) -> None:
+        assert self.pool(pool.account_id) is None, f"pool {pool.account_id} created twice"
+        self._pools[pool.account_id] = pool
+
+    def changed_pools(self) -> list[PoolState]:
+        return list(self._pools.values())
 
     # ----------------------------------------------------------------- holds
 
@@ -195,6 +218,7 @@ class Batch:
         if self._member_token_keys is not None:
             state.member_token_keys = self._member_token_keys
         state.accounts.update(self._accounts)
+        state.pools.update(self._pools)
         for transfer_id in self._holds_removed:
             del state.holds[transfer_id]
         state.holds.update(self._holds_added)

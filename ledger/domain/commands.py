@@ -13,6 +13,7 @@ from typing import Any
 
 from ledger.domain import limits
 from ledger.domain.errors import InvalidInput
+from ledger.domain.pool_policy import PoolPolicy
 
 ACCOUNT_KINDS = ("member", "organisation", "pool", "system")
 # The roles an API key of one bank can have (operator keys belong to the deployment).
@@ -556,6 +557,121 @@ class SetBankPolicy(Command):
         check_actor(self.actor, self.actor_label)
 
 
+# ----------------------------------------------------------------- pools (issue 11, pools.py)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePool(Command):
+    """Opens an account of kind pool and sets its first policy."""
+
+    request_id: str
+    pool_account_id: str
+    policy: PoolPolicy
+    lower_limit_minutes: int = 0
+    upper_limit_minutes: int | None = None
+    reason: str = ""
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("pool_account_id", self.pool_account_id)
+        self.policy.validate()
+        check_limits(self.lower_limit_minutes, self.upper_limit_minutes)
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_actor(self.actor, self.actor_label)
+
+    def content(self) -> dict[str, Any]:
+        return {**Command.content(self), "policy": self.policy.to_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePoolPolicy(Command):
+    """Replaces a pool's policy whole; requests already open keep the approvers they had."""
+
+    request_id: str
+    pool_account_id: str
+    policy: PoolPolicy
+    reason: str = ""
+    actor: str = ""
+    actor_label: str = ""
+    id_field = "request_id"
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("pool_account_id", self.pool_account_id)
+        self.policy.validate()
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_actor(self.actor, self.actor_label)
+
+    def content(self) -> dict[str, Any]:
+        return {**Command.content(self), "policy": self.policy.to_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestGrant(Command):
+    """A grant from the pool to a member: a pending transfer (its id is `grant_id`)."""
+
+    grant_id: str
+    pool_account_id: str
+    member_account_id: str
+    amount_minutes: int
+    memo: str = ""
+    category: str = ""
+    actor: str = ""
+    actor_label: str = ""
+    # Member consent, as for CreateTransfer: through a front-end key, with the bank's policy
+    # on, a grant to a member needs that member's token (a stolen key alone draws nothing).
+    via_front_end: bool = False
+    member_subject: str | None = None
+    id_field = "grant_id"
+    not_content = (*Command.not_content, "via_front_end", "member_subject")
+
+    def validate(self) -> None:
+        check_id("grant_id", self.grant_id)
+        check_id("pool_account_id", self.pool_account_id)
+        check_id("member_account_id", self.member_account_id)
+        if self.pool_account_id == self.member_account_id:
+            raise InvalidInput(
+                "SAME_ACCOUNT", "a pool cannot grant to itself", field="member_account_id"
+            )
+        check_amount("amount_minutes", self.amount_minutes)
+        check_text("memo", self.memo, limits.memo_length_max)
+        check_text("category", self.category, limits.category_length_max)
+        check_actor(self.actor, self.actor_label)
+
+
+GRANT_DECISIONS = ("approve", "reject", "cancel")
+
+
+@dataclass(frozen=True, slots=True)
+class DecideGrant(Command):
+    """An approval, a rejection (by an approver) or a cancellation of an open grant request.
+    Who decides is the authenticated caller (`actor`), never a field of the request."""
+
+    request_id: str
+    pool_account_id: str
+    grant_id: str
+    decision: str
+    reason: str = ""
+    actor: str = ""
+    actor_label: str = ""
+    # Cancel only: a bank-admin key may cancel any request (set by the service, not content).
+    by_admin: bool = False
+    id_field = "request_id"
+    not_content = (*Command.not_content, "by_admin")
+
+    def validate(self) -> None:
+        check_id("request_id", self.request_id)
+        check_id("pool_account_id", self.pool_account_id)
+        check_id("grant_id", self.grant_id)
+        # Set by the service from the RPC called (ApproveGrant, ...), never by a caller.
+        assert self.decision in GRANT_DECISIONS, f"unknown decision {self.decision!r}"
+        check_text("reason", self.reason, limits.reason_length_max)
+        check_actor(self.actor, self.actor_label)
+
+
 BankCommand = (
     OpenAccount
     | ChangeLimits
@@ -571,4 +687,8 @@ BankCommand = (
     | RegisterMemberTokenKey
     | RemoveMemberTokenKey
     | SetBankPolicy
+    | CreatePool
+    | ChangePoolPolicy
+    | RequestGrant
+    | DecideGrant
 )

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ledger.domain import access, accounts, bank, canonical, chain, holds, transfers  # noqa: F401
+from ledger.domain import (  # noqa: F401
+    access,
+    accounts,
+    bank,
+    canonical,
+    chain,
+    holds,
+    pools,
+    transfers,
+)
 from ledger.domain.batch import Batch
 from ledger.domain.events import Event, type_named
 from ledger.domain.records import RecordBook

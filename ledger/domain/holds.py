@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger.domain import pool_rules
 from ledger.domain.accounts import check_open, require_account
 from ledger.domain.batch import Batch
 from ledger.domain.commands import PostPending, VoidPending
@@ -30,6 +31,7 @@ def post_pending(batch: Batch, command: PostPending) -> TransferView:
     if earlier is not None:
         return transfer.view()
     hold = _open_hold(batch, transfer)
+    pool_rules.check_not_grant(batch, hold)
     for account_id in (hold.payer_account_id, hold.payee_account_id):
         check_open(require_account(batch, account_id))
     check_consent(
@@ -67,7 +69,7 @@ def void_pending(batch: Batch, command: VoidPending) -> TransferView:
     transfer = require_transfer(batch, command.transfer_id)
     if earlier is not None:
         return transfer.view()
-    _open_hold(batch, transfer)
+    pool_rules.check_not_grant(batch, _open_hold(batch, transfer))
     batch.record(
         PendingVoided(
             request_id=command.request_id,
@@ -108,9 +110,12 @@ def _open_hold(batch: Batch, transfer: TransferRecord) -> Hold:
     return hold
 
 
-def _release(batch: Batch, transfer_id: str, version: int, timestamp: datetime) -> Hold:
+def _release(
+    batch: Batch, transfer_id: str, status: str, version: int, timestamp: datetime
+) -> Hold:
     """Drop a resolved transfer's hold from both accounts (used by apply only)."""
     hold = batch.remove_hold(transfer_id)
+    pool_rules.grant_released(batch, hold, status, version, timestamp)
     payer = batch.account_for_update(hold.payer_account_id)
     payee = batch.account_for_update(hold.payee_account_id)
     payer.pending_debit_minutes -= hold.amount_minutes
@@ -146,7 +151,7 @@ class PendingPosted(Event):
     actor_label: str
 
     def apply(self, batch: Batch, version: int, timestamp: datetime) -> None:
-        hold = _release(batch, self.transfer_id, version, timestamp)
+        hold = _release(batch, self.transfer_id, "posted", version, timestamp)
         batch.account_for_update(
             hold.payer_account_id
         ).balance_minutes -= self.posted_amount_minutes
@@ -176,7 +181,7 @@ class PendingVoided(Event):
     actor_label: str
 
     def apply(self, batch: Batch, version: int, timestamp: datetime) -> None:
-        _release(batch, self.transfer_id, version, timestamp)
+        _release(batch, self.transfer_id, "voided", version, timestamp)
         if batch.records is None:
             return
         record = _resolved_record(batch.records, self.transfer_id, "voided", version, timestamp)
@@ -196,6 +201,6 @@ class PendingExpired(Event):
     transfer_id: str
 
     def apply(self, batch: Batch, version: int, timestamp: datetime) -> None:
-        _release(batch, self.transfer_id, version, timestamp)
+        _release(batch, self.transfer_id, "expired", version, timestamp)
         if batch.records is not None:
             _resolved_record(batch.records, self.transfer_id, "expired", version, timestamp)

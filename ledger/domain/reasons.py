@@ -64,6 +64,10 @@ class Reason(StrEnum):
     MALFORMED_REQUEST = "MALFORMED_REQUEST"
     MEMBER_TOKEN_NOT_APPLICABLE = "MEMBER_TOKEN_NOT_APPLICABLE"
     INVALID_POSITION = "INVALID_POSITION"  # AuditService
+    INVALID_POOL_POLICY = "INVALID_POOL_POLICY"  # PoolService
+    INVALID_TIME_ZONE = "INVALID_TIME_ZONE"  # PoolService
+    INVALID_APPROVER = "INVALID_APPROVER"  # PoolService
+    INVALID_GRANT_STATE = "INVALID_GRANT_STATE"  # PoolService
     AS_OF_REQUIRED = "AS_OF_REQUIRED"  # AuditService
 
     # NOT_FOUND: a bank, account, transfer or key the request names does not exist.
@@ -72,6 +76,8 @@ class Reason(StrEnum):
     TRANSFER_NOT_FOUND = "TRANSFER_NOT_FOUND"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
     CHECKPOINT_NOT_FOUND = "CHECKPOINT_NOT_FOUND"  # AuditService
+    POOL_NOT_FOUND = "POOL_NOT_FOUND"  # PoolService
+    GRANT_NOT_FOUND = "GRANT_NOT_FOUND"  # PoolService
 
     # ALREADY_EXISTS: a client-chosen id reused with other content; the reason names the
     # first field that differs (EXISTS_WITH_DIFFERENT_<FIELD>, or _KIND for another call).
@@ -98,6 +104,13 @@ class Reason(StrEnum):
     EXISTS_WITH_DIFFERENT_MEMBER_TOKENS_REQUIRED = "EXISTS_WITH_DIFFERENT_MEMBER_TOKENS_REQUIRED"
     EXISTS_WITH_DIFFERENT_SECRET = "EXISTS_WITH_DIFFERENT_SECRET"
     EXISTS_WITH_DIFFERENT_PUBLIC_KEY = "EXISTS_WITH_DIFFERENT_PUBLIC_KEY"
+    # PoolService (issue 11).
+    EXISTS_WITH_DIFFERENT_POOL_ACCOUNT_ID = "EXISTS_WITH_DIFFERENT_POOL_ACCOUNT_ID"
+    EXISTS_WITH_DIFFERENT_POLICY = "EXISTS_WITH_DIFFERENT_POLICY"
+    EXISTS_WITH_DIFFERENT_MEMBER_ACCOUNT_ID = "EXISTS_WITH_DIFFERENT_MEMBER_ACCOUNT_ID"
+    EXISTS_WITH_DIFFERENT_GRANT_ID = "EXISTS_WITH_DIFFERENT_GRANT_ID"
+    EXISTS_WITH_DIFFERENT_DECISION = "EXISTS_WITH_DIFFERENT_DECISION"
+    ACCOUNT_ALREADY_EXISTS = "ACCOUNT_ALREADY_EXISTS"
 
     # FAILED_PRECONDITION: well formed, but the ledger's state refuses it. Each names its
     # subject (PreconditionFailure `accounts/<id>`, `transfers/<id>` or `banks/<id>`).
@@ -119,6 +132,15 @@ class Reason(StrEnum):
     EXCEEDS_UPPER_LIMIT = "EXCEEDS_UPPER_LIMIT"
     LINKED_EVENT_FAILED = "LINKED_EVENT_FAILED"
     POSITION_NOT_COMMITTED = "POSITION_NOT_COMMITTED"
+    # Pools (issue 11): contributions, grants and their decisions.
+    POOL_GRANT_REQUIRED = "POOL_GRANT_REQUIRED"
+    CONTRIBUTOR_NOT_ALLOWED = "CONTRIBUTOR_NOT_ALLOWED"
+    TRANSFER_IS_GRANT = "TRANSFER_IS_GRANT"
+    DRAWER_NOT_ALLOWED = "DRAWER_NOT_ALLOWED"
+    EXCEEDS_MEMBER_CAP = "EXCEEDS_MEMBER_CAP"
+    EXCEEDS_POOL_FLOOR = "EXCEEDS_POOL_FLOOR"
+    GRANT_NOT_OPEN = "GRANT_NOT_OPEN"
+    APPROVER_ALREADY_DECIDED = "APPROVER_ALREADY_DECIDED"
 
     # PERMISSION_DENIED: the caller may not do this (never NOT_FOUND for another bank).
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
@@ -126,6 +148,9 @@ class Reason(StrEnum):
     BANK_OUT_OF_SCOPE = "BANK_OUT_OF_SCOPE"
     MEMBER_TOKEN_REQUIRED = "MEMBER_TOKEN_REQUIRED"
     FOLLOW_ONLY = "FOLLOW_ONLY"  # AuditService: a front-end key may only follow live events
+    NOT_GRANT_APPROVER = "NOT_GRANT_APPROVER"  # PoolService: the caller is no approver of it
+    OWN_GRANT_REQUEST = "OWN_GRANT_REQUEST"  # PoolService: made by the caller, or pays them
+    NOT_GRANT_REQUESTER = "NOT_GRANT_REQUESTER"  # PoolService: only its requester cancels
 
     # UNAUTHENTICATED: the API key or member token does not prove who calls.
     API_KEY_MISSING = "API_KEY_MISSING"
@@ -290,6 +315,8 @@ _NEW_TRANSFER_STATE = (
     R.ACCOUNT_NOT_FOUND,
     R.ACCOUNT_CLOSED,
     R.ACCOUNT_FROZEN,
+    R.POOL_GRANT_REQUIRED,
+    R.CONTRIBUTOR_NOT_ALLOWED,
     R.MEMBER_TOKEN_REQUIRED,
     R.EXCEEDS_LOWER_LIMIT,
     R.EXCEEDS_UPPER_LIMIT,
@@ -337,6 +364,31 @@ _AS_OF = (
     R.POSITION_NOT_COMMITTED,
     R.ACCOUNT_NOT_FOUND,
 )
+
+_P = "timebank.ledger.v1.PoolService/"
+_POLICY = (R.INVALID_POOL_POLICY, R.INVALID_TIME_ZONE)
+# What a policy names must exist: its accounts, then its approvers' accounts and keys.
+_POLICY_NAMES = (R.ACCOUNT_NOT_FOUND, R.API_KEY_NOT_FOUND)
+
+
+def _decision(*own: Reason) -> tuple[Reason, ...]:
+    """Approve, reject or cancel a grant request: its fields, a retry, the request, then
+    the decision's own checks."""
+    return _then(
+        ID,
+        TEXT,
+        (R.BANK_NOT_FOUND,),
+        (
+            R.EXISTS_WITH_DIFFERENT_KIND,
+            R.EXISTS_WITH_DIFFERENT_DECISION,
+            R.EXISTS_WITH_DIFFERENT_POOL_ACCOUNT_ID,
+            R.EXISTS_WITH_DIFFERENT_GRANT_ID,
+            R.EXISTS_WITH_DIFFERENT_REASON,
+        ),
+        (R.POOL_NOT_FOUND, R.GRANT_NOT_FOUND, R.GRANT_NOT_OPEN),
+        own,
+    )
+
 
 _L = "timebank.ledger.v1.LedgerService/"
 _V = "timebank.ledger.v1.LedgerViewService/"
@@ -435,6 +487,7 @@ ANSWERS: Mapping[str, Answers] = MappingProxyType(
                 ),
                 _PENDING_RESOLVED,
                 (
+                    R.TRANSFER_IS_GRANT,
                     R.ACCOUNT_CLOSED,
                     R.ACCOUNT_FROZEN,
                     R.MEMBER_TOKEN_REQUIRED,
@@ -454,6 +507,7 @@ ANSWERS: Mapping[str, Answers] = MappingProxyType(
                     R.EXISTS_WITH_DIFFERENT_REASON,
                 ),
                 _PENDING_RESOLVED,
+                (R.TRANSFER_IS_GRANT,),
             ),
             write=True,
         ),
@@ -536,6 +590,100 @@ ANSWERS: Mapping[str, Answers] = MappingProxyType(
         ),
         f"{_U}ListCheckpoints": Answers(_then(ID, (R.BANK_NOT_FOUND,), PAGE)),
         f"{_U}ListCheckpointKeys": Answers(_then(ID, (R.BANK_NOT_FOUND,))),
+        # PoolService (issue 11): keep these with ledger/domain/pools.py.
+        f"{_P}CreatePool": Answers(
+            _then(
+                ID,
+                _POLICY,
+                (R.INVALID_LIMIT,),
+                TEXT,
+                (R.BANK_NOT_FOUND,),
+                (
+                    R.EXISTS_WITH_DIFFERENT_KIND,
+                    R.EXISTS_WITH_DIFFERENT_POOL_ACCOUNT_ID,
+                    R.EXISTS_WITH_DIFFERENT_POLICY,
+                    R.EXISTS_WITH_DIFFERENT_LOWER_LIMIT_MINUTES,
+                    R.EXISTS_WITH_DIFFERENT_UPPER_LIMIT_MINUTES,
+                    R.EXISTS_WITH_DIFFERENT_REASON,
+                    R.ACCOUNT_ALREADY_EXISTS,
+                ),
+                _POLICY_NAMES,
+            ),
+            write=True,
+        ),
+        f"{_P}ChangePoolPolicy": Answers(
+            _then(
+                ID,
+                _POLICY,
+                TEXT,
+                (R.BANK_NOT_FOUND,),
+                (
+                    R.EXISTS_WITH_DIFFERENT_KIND,
+                    R.EXISTS_WITH_DIFFERENT_POOL_ACCOUNT_ID,
+                    R.EXISTS_WITH_DIFFERENT_POLICY,
+                    R.EXISTS_WITH_DIFFERENT_REASON,
+                ),
+                (R.POOL_NOT_FOUND, R.ACCOUNT_CLOSED),
+                _POLICY_NAMES,
+            ),
+            write=True,
+        ),
+        f"{_P}RequestGrant": Answers(
+            _then(
+                ID,
+                (R.SAME_ACCOUNT, R.AMOUNT_NOT_POSITIVE, R.AMOUNT_TOO_LARGE),
+                TEXT,
+                (R.BANK_NOT_FOUND,),
+                (
+                    R.EXISTS_WITH_DIFFERENT_KIND,
+                    R.EXISTS_WITH_DIFFERENT_POOL_ACCOUNT_ID,
+                    R.EXISTS_WITH_DIFFERENT_MEMBER_ACCOUNT_ID,
+                    R.EXISTS_WITH_DIFFERENT_AMOUNT_MINUTES,
+                    R.EXISTS_WITH_DIFFERENT_MEMO,
+                    R.EXISTS_WITH_DIFFERENT_CATEGORY,
+                ),
+                (
+                    R.POOL_NOT_FOUND,
+                    R.ACCOUNT_NOT_FOUND,
+                    R.ACCOUNT_CLOSED,
+                    R.ACCOUNT_FROZEN,
+                    R.DRAWER_NOT_ALLOWED,
+                    R.MEMBER_TOKEN_REQUIRED,
+                    R.EXCEEDS_MEMBER_CAP,
+                    R.EXCEEDS_POOL_FLOOR,
+                    R.EXCEEDS_LOWER_LIMIT,
+                    R.EXCEEDS_UPPER_LIMIT,
+                ),
+            ),
+            write=True,
+        ),
+        f"{_P}ApproveGrant": Answers(
+            _decision(
+                R.NOT_GRANT_APPROVER,
+                R.OWN_GRANT_REQUEST,
+                R.APPROVER_ALREADY_DECIDED,
+                R.ACCOUNT_CLOSED,
+                R.ACCOUNT_FROZEN,
+            ),
+            write=True,
+        ),
+        f"{_P}RejectGrant": Answers(
+            _decision(R.NOT_GRANT_APPROVER, R.OWN_GRANT_REQUEST, R.APPROVER_ALREADY_DECIDED),
+            write=True,
+        ),
+        f"{_P}CancelGrant": Answers(_decision(R.NOT_GRANT_REQUESTER), write=True),
+        f"{_P}GetPool": Answers(_then(ID, (R.BANK_NOT_FOUND, R.POOL_NOT_FOUND))),
+        f"{_P}ListGrantRequests": Answers(
+            _then(
+                ID,
+                (R.INVALID_GRANT_STATE,),
+                PAGE,
+                (R.BANK_NOT_FOUND, R.POOL_NOT_FOUND),
+            )
+        ),
+        f"{_P}ListRequestsAwaitingApprover": Answers(
+            _then(ID, (R.INVALID_APPROVER,), PAGE, (R.BANK_NOT_FOUND,))
+        ),
         f"{_A}SetBankPolicy": Answers(
             _then(
                 ID,

@@ -155,6 +155,8 @@ class RecordBook:
         self.revoked_api_keys: list[ApiKeyRevocation] = []
         # Account metadata changes, in the order recorded (metadata is not decision state).
         self.metadata_changes: list[AccountMetadataRecord] = []
+        # Grant requests as they stand after the batch (pools.py), by grant id.
+        self.grant_changes: dict[str, GrantRecord] = {}
 
     def prefetch(self, transfer_ids: Iterable[str], request_ids: Iterable[str]) -> None:
         """Look up many ids at once (one query each), before the batch runs."""
@@ -199,3 +201,26 @@ class RecordBook:
         assert self.request(record.request_id) is None, f"{record.request_id} recorded twice"
         self._requests[record.request_id] = record
         self.new_requests[record.request_id] = record
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """A pool's grant request as the index keeps it for lists (pools.py): written from the
+    decision state each time the request changes, never read back by decisions."""
+
+    grant_id: str
+    pool_account_id: str
+    member_account_id: str
+    amount_minutes: int
+    state: str  # pending, posted, voided or expired
+    approvers: tuple[str, ...]
+    approvals_required: int
+    approvals: tuple[str, ...]
+    rejections: tuple[str, ...]
+    requested_by: str
+    requested_at: datetime
+    deadline: datetime | None
+    resolved_at: datetime | None
+    # The transfer's number (the order requests were made in) and the latest change's position.
+    number: int
+    position: int

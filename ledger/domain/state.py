@@ -1,6 +1,7 @@
 """A bank's decision state: only what deciding the next command needs, kept in memory.
 
-Accounts (balances, holds, limits, status) and open pending transfers with their deadlines.
+Accounts (balances, holds, limits, status), open pending transfers with their deadlines, and
+pools (policy, usage per member per day, open grant requests: pool_state.py).
 Closed transfers, each account's transfer list and every idempotency record live in the
 index tables instead (records.py), so this grows with the number of accounts and open holds,
 never with the length of the history. The state is snapshotted (to_snapshot/from_snapshot)
@@ -15,10 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from ledger.domain import chain
+from ledger.domain.pool_state import PoolState
 from ledger.domain.views import AccountView, BankView
 
 # 2: with the bank's creator, API keys and member-token keys (security).
-SNAPSHOT_FORMAT = 2
+# 3: with the pools (policy, usage per member per day, open grant requests; issue 11).
+SNAPSHOT_FORMAT = 3
 
 
 class SnapshotUnreadable(ValueError):
@@ -128,6 +131,8 @@ class BankState:
     member_token_keys: dict[str, MemberTokenKey] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
+    # Pools with a policy (pool_state.py), by account id.
+    pools: dict[str, PoolState] = field(default_factory=dict)
     # (deadline, transfer_id) of holds that can expire; entries of resolved holds are skipped.
     deadlines: list[tuple[datetime, str]] = field(default_factory=list, compare=False)
     # Changes (events, and each transfer of a grouped event) since the latest snapshot.
@@ -188,6 +193,7 @@ class BankState:
                 }
                 for key in self.member_token_keys.values()
             ],
+            "pools": [pool.to_json() for pool in self.pools.values()],
         }
 
     @classmethod
@@ -230,6 +236,7 @@ class BankState:
                 )
                 for item in data["member_token_keys"]
             },
+            pools={item["account_id"]: PoolState.of_json(item) for item in data["pools"]},
         )
         state.deadlines = [(h.deadline, h.transfer_id) for h in holds if h.deadline is not None]
         heapq.heapify(state.deadlines)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ledger.domain import chain, limits
+from ledger.domain import chain, limits, pool_rules
 from ledger.domain.accounts import check_not_closed, check_open, require_account
 from ledger.domain.batch import Batch
 from ledger.domain.commands import CreateTransfer, CreateTransfers, ReverseTransfer
@@ -134,6 +134,7 @@ def _check_transfer(batch: Batch, command: CreateTransfer, overlay: LimitOverlay
     payee = require_account(batch, command.payee_account_id, "payee_account_id")
     for account in (payer, payee):
         check_open(account)
+    pool_rules.check_transfer(batch, payer, payee)
     check_consent(
         batch, payer, via_front_end=command.via_front_end, member_subject=command.member_subject
     )
@@ -160,6 +161,10 @@ def _record_new(batch: Batch, command: CreateTransfer) -> TransferView:
         batch.record(TransfersCreated(transfers=[item]))
     assert batch.records is not None
     return require_transfer(batch, command.transfer_id).view()
+
+
+# For other modules that record a transfer they checked themselves (pools.py: grants).
+record_new = _record_new
 
 
 @event_type

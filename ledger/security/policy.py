@@ -70,6 +70,7 @@ _views = "/timebank.ledger.v1.LedgerViewService/"
 _health = "/grpc.health.v1.Health/"
 _audit = "/timebank.ledger.v1.AuditService/"
 _access = "/timebank.ledger.v1.AccessService/"
+_pools = "/timebank.ledger.v1.PoolService/"
 
 # Full method name -> rule. A method missing here is refused (deny by default); a test
 # fails when a registered service has a method without an entry.
@@ -116,6 +117,18 @@ rules: Mapping[str, Rule] = MappingProxyType(
         f"{_audit}GetCheckpoint": _audit_read,
         f"{_audit}ListCheckpoints": _audit_read,
         f"{_audit}ListCheckpointKeys": _audit_read,
+        # PoolService (issue 11): bank admins set pools and policies; grants are requested
+        # and decided through the front-end (a member approver with their own token) or an
+        # admin key. Who may decide a given request is the domain's rule (pools.py).
+        f"{_pools}CreatePool": _bank_admin,
+        f"{_pools}ChangePoolPolicy": _bank_admin,
+        f"{_pools}RequestGrant": _bank_write,
+        f"{_pools}ApproveGrant": _bank_write,
+        f"{_pools}RejectGrant": _bank_write,
+        f"{_pools}CancelGrant": _bank_write,
+        f"{_pools}GetPool": _bank_read,
+        f"{_pools}ListGrantRequests": _bank_read,
+        f"{_pools}ListRequestsAwaitingApprover": _bank_read,
         f"{_health}Check": _public,
         f"{_health}Watch": _public,
         f"{_health}List": _public,

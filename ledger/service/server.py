@@ -34,6 +34,7 @@ from ledger.service.audit_servicer import AuditServicer
 from ledger.service.bootstrap import bootstrap_keys
 from ledger.service.discovery import HealthServicer, enable_discovery
 from ledger.service.identity import StoreIdentities
+from ledger.service.pool_servicer import PoolServicer
 from ledger.service.projection_process import ProjectionProcess
 from ledger.service.servicer import LedgerServicer
 from ledger.service.view_servicer import LedgerViewServicer
@@ -46,6 +47,8 @@ from timebank.ledger.v1 import (
     audit_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
+    pools_pb2,
+    pools_pb2_grpc,
     views_pb2,
     views_pb2_grpc,
 )
@@ -56,6 +59,7 @@ ledger_service_name = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].fu
 view_service_name = views_pb2.DESCRIPTOR.services_by_name["LedgerViewService"].full_name
 access_service_name = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
 audit_service_name = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+pool_service_name = pools_pb2.DESCRIPTOR.services_by_name["PoolService"].full_name
 
 # gRPC's own limit on a request body sits this far above ours, as a backstop only: its
 # refusal carries no ErrorInfo, while the interceptor's (MESSAGE_TOO_LARGE) does.
@@ -141,6 +145,9 @@ def create_server(
         AuditServicer(ledger, settings, projections), server
     )
     services.append(audit_service_name)
+    # PoolService (issue 11): pools, their policies, grant requests and approvals.
+    pools_pb2_grpc.add_PoolServiceServicer_to_server(PoolServicer(ledger), server)
+    services.append(pool_service_name)
     if projections is not None:
         waiting = Slots("reads_waiting", settings.reads_waiting_max)
         reads = ViewReads(projections, settings.read_wait_seconds, waiting)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from ledger.domain.batch import Batch
 from ledger.domain.history import StoredEvent
 from ledger.domain.views import BankView
-from ledger.storage import bulk, rows
+from ledger.storage import bulk, pool_rows, rows
 from ledger.storage.sql import Dialect
 
 Params = Sequence[Any]
@@ -72,6 +72,9 @@ class IndexWrite:
     member_token_keys: tuple[str, list[tuple[Any, ...]]] | None = None
     # Account metadata changes, in order (issue 12): only what each change sets is written.
     account_metadata: list[tuple[Any, ...]] = field(default_factory=list)
+    # Pools whose state changed, and grant requests as they stand (issue 11): upserts.
+    pools: list[tuple[Any, ...]] = field(default_factory=list)
+    pool_grants: list[tuple[Any, ...]] = field(default_factory=list)
 
     def write(self, cursor: WriteCursor, dialect: Dialect) -> None:
         bank_key, account_key, transfer_key = ("bank_uuid",), ACCOUNT_KEY, TRANSFER_KEY
@@ -126,9 +129,24 @@ class IndexWrite:
             statements.append((insert, token_keys))
         if self.account_metadata:
             statements.append((rows.account_metadata_upsert(dialect), self.account_metadata))
+        if self.pools:
+            statements.append((_pool_upsert(dialect), self.pools))
+        if self.pool_grants:
+            statements.append((_pool_grant_upsert(dialect), self.pool_grants))
         for statement, params in statements:
             if params:
                 cursor.executemany(statement, params)
+
+
+@cache
+def _pool_upsert(dialect: Dialect) -> str:
+    return pool_rows.upsert(dialect, "ledger_pools", pool_rows.POOL_COLUMNS, ACCOUNT_KEY)
+
+
+@cache
+def _pool_grant_upsert(dialect: Dialect) -> str:
+    keys = ("bank_uuid", "grant_id")
+    return pool_rows.upsert(dialect, "ledger_pool_grants", pool_rows.GRANT_COLUMNS, keys)
 
 
 def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
@@ -174,6 +192,10 @@ def index_write(batch: Batch, stored: Sequence[StoredEvent]) -> IndexWrite:
         write.member_token_keys = (bank_uuid, keys)
     write.account_metadata = [
         rows.account_metadata_row(bank_uuid, change) for change in records.metadata_changes
+    ]
+    write.pools = [pool_rows.pool_row(bank_uuid, pool) for pool in batch.changed_pools()]
+    write.pool_grants = [
+        pool_rows.grant_row(bank_uuid, grant) for grant in records.grant_changes.values()
     ]
     return write
 

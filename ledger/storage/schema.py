@@ -12,12 +12,16 @@
     ledger_account_metadata   each account's display label and tags (not decision state)
     ledger_checkpoints        signed checkpoints of each bank's chain head (issue 10)
     ledger_checkpoint_keys    the public keys checkpoints were signed with
+    ledger_pools              each pool's policy in force (issue 11, pool_rows.py)
+    ledger_pool_grants        every grant request of a pool, as it stands
 
 Times are ISO 8601 text in UTC with microseconds, so they sort as text on both SQLite and
 PostgreSQL. Ids are the client's; `bank_uuid` is the bank's history id with dashes.
 """
 
 from __future__ import annotations
+
+from ledger.storage import pool_rows
 
 TABLES = (
     "ledger_banks",
@@ -32,6 +36,8 @@ TABLES = (
     "ledger_account_metadata",
     "ledger_checkpoints",
     "ledger_checkpoint_keys",
+    "ledger_pools",
+    "ledger_pool_grants",
 )
 
 
@@ -98,6 +104,7 @@ def statements(prefix: str, blob_type: str) -> list[str]:
         " PRIMARY KEY (bank_uuid, kid))",
         *list_statements(p),
         *audit_statements(p, blob_type),
+        *pool_rows.statements(p),
     ]
 
 
