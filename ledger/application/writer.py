@@ -180,7 +180,12 @@ class BankWriter:
                     self._scheduled = False
 
     def _process(self, jobs: list[Job]) -> None:
-        for attempt in range(conflict_retries_max + 1):
+        # The first attempt is optimistic (new transfer ids are not looked up, the state is
+        # taken as current); after a lost race, or a refusal of an id the store turns out
+        # to hold (a retry of an old write), the batch is decided again looking everything up.
+        careful = False
+        conflicts = 0
+        while conflicts <= conflict_retries_max:
             try:
                 state = self._current_state()
             except DomainError as error:
@@ -188,31 +193,20 @@ class BankWriter:
                     _settle(job, error)
                 return
             try:
-                # The first attempt is optimistic (new transfer ids are not looked up, the
-                # state is taken as current); a retry after a lost race looks everything up.
-                self._attempt(state, jobs, careful=attempt > 0)
+                self._attempt(state, jobs, careful=careful)
                 return
             except DomainError as error:  # the store could not be read or written
                 for job in jobs:
                     _settle(job, error)
                 return
             except _Recheck:
-                # A refused command was a retry of an id already stored: decide the batch
-                # again with every id looked up (nothing was committed; the state is current).
-                try:
-                    self._attempt(state, jobs, careful=True)
-                except DomainError as error:
-                    for job in jobs:
-                        _settle(job, error)
-                except _Conflict:
-                    log.warning("writer_conflict bank_id=%s attempt=%s", self.bank_id, attempt + 1)
-                    self._stale = True
-                    continue
-                return
+                careful = True  # nothing was committed, and the state is still current
             except _Conflict:
                 # Another writer committed first: catch up and decide again on its state.
-                log.warning("writer_conflict bank_id=%s attempt=%s", self.bank_id, attempt + 1)
+                conflicts += 1
+                log.warning("writer_conflict bank_id=%s attempt=%s", self.bank_id, conflicts)
                 self._stale = True
+                careful = True
         conflict = WriteConflict(
             "WRITE_CONFLICT",
             "another writer changed this bank at the same time; retry with the same id",

@@ -142,9 +142,8 @@ def new_transfer_ids(commands: Iterable[Command]) -> set[str]:
             ids.add(command.transfer_id)
         elif isinstance(command, CreateTransfers):
             ids.update(item.transfer_id for item in command.items)
-    # RequestGrant's grant_id is left out on purpose: it is always looked up, as a retry of
-    # an old request taken as new would be refused by its member's cap (used by the first
-    # try) before the store could refuse the id and have the batch run again.
+        elif isinstance(command, RequestGrant):
+            ids.add(command.grant_id)
     return ids
 
 
