@@ -172,7 +172,8 @@ class RecordBook:
     def assume_new(self, transfer_ids: Iterable[str]) -> None:
         """Take these ids as unused without looking them up: the ids of transfers a batch
         creates are almost always new. If one is not, the store refuses the batch's commit
-        (the ids are unique there), and the writer runs it again with every id looked up."""
+        (the ids are unique there), or, where its command was refused, the writer asks the
+        store about it; either way the batch runs again with every id looked up."""
         for transfer_id in transfer_ids:
             self._transfers.setdefault(transfer_id, None)
 
