@@ -199,20 +199,15 @@ class Settings:
 
     def keys_file_path(self) -> str | None:
         """Where first-start keys are written and `demo` reads them (None: nowhere)."""
-        setting = self.bootstrap_keys_file
-        if setting.lower() == "off" or not setting:
-            return None
-        if setting.lower() != "auto":
-            return setting
-        url = urlsplit(self.database_url)
-        if url.scheme != "sqlite":
-            return None
-        path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
-        return str(Path(path).with_name(Path(path).stem + ".keys.json"))
+        return self._file_setting(self.bootstrap_keys_file, ".keys.json")
 
     def signing_key_path(self) -> str | None:
         """Where the checkpoint signing key is (None: nothing is signed)."""
-        setting = self.audit_signing_key_file
+        return self._file_setting(self.audit_signing_key_file, ".checkpoint-key.pem")
+
+    def _file_setting(self, setting: str, auto_suffix: str) -> str | None:
+        """A file setting: "off" or empty is none; "auto" is beside the SQLite file (the
+        database's name with `auto_suffix`), none for any other database; else the path."""
         if setting.lower() == "off" or not setting:
             return None
         if setting.lower() != "auto":
@@ -221,7 +216,7 @@ class Settings:
         if url.scheme != "sqlite":
             return None
         path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
-        return str(Path(path).with_name(Path(path).stem + ".checkpoint-key.pem"))
+        return str(Path(path).with_name(Path(path).stem + auto_suffix))
 
     @property
     def projections_mode(self) -> str:
