@@ -375,33 +375,25 @@ def _stat_cpu_seconds(stat: str) -> float:
 
 def children_of(pid: int) -> list[int]:
     """Process ids whose parent is `pid` (from /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Field 4 (the parent's id) is the second after the parenthesised command name.
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            children.append(int(entry.name))
-    return children
+    # Field 4 (the parent's id) is the second after the parenthesised command name.
+    return [
+        child for child, stat in _process_stats() if int(stat.rpartition(")")[2].split()[1]) == pid
+    ]
 
 
 def _postgres_cpu_seconds() -> dict[int, float]:
     """CPU seconds of each process named postgres."""
-    seconds: dict[int, float] = {}
+    return {pid: _stat_cpu_seconds(stat) for pid, stat in _process_stats() if "(postgres)" in stat}
+
+
+def _process_stats() -> Iterator[tuple[int, str]]:
+    """(process id, /proc/PID/stat text) of every process still there when read."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if "(postgres)" in stat:
-            seconds[int(entry.name)] = _stat_cpu_seconds(stat)
-    return seconds
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "stat").read_text()
+            except OSError:
+                continue  # it ended meanwhile
 
 
 def _machine_seconds() -> tuple[float, float]:
