@@ -11,7 +11,7 @@ bisection steps between the last rate that kept up and the first that did not; a
 peak then gives the latency the targets speak of. `--repeat N` repeats the whole set N times
 (interleaved, so machine noise hits every scenario alike) and the table shows medians.
 
-Scenarios: echo (baseline a, bare gRPC echo), uniform, hot, batch, mixed, naive (baseline b:
+Scenarios: echo (baseline a, bare gRPC echo), uniform, hot, pool, batch, mixed, naive (baseline b:
 the uniform scenario on a ledger with LEDGER_WRITER_BATCH_MAX=1). `--quick` is a one-minute
 smoke run; `--quick --scenarios batch --duration 2` takes about 15 seconds.
 
@@ -125,6 +125,7 @@ scenarios = {
         Scenario("echo", "echo", "(a) bare gRPC unary echo", 250),
         Scenario("uniform", "uniform", "CreateTransfer, random member pairs", 100),
         Scenario("hot", "hot", "CreateTransfer, pool account on every transfer", 100),
+        Scenario("pool", "pool", "half gifts to a pot, half grants from it (issue 11)", 100),
         Scenario(
             "batch", "batch", "CreateTransfers, 100 per request", 10, transfers_per_request=100
         ),
@@ -571,12 +572,13 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ratio(
             "hot account vs uniform, transfers/s", "hot", "uniform", transfers, hot_vs_uniform_min
         ),
+        ratio("hot pool vs uniform, transfers/s", "pool", "uniform", transfers, hot_vs_uniform_min),
     ]
     batch, wanted = median("batch", transfers), batch_transfers_per_second_min
     measured = "n/a" if batch is None else f"{batch:,.0f} ({batch / wanted:.0%} of target)"
     met = None if batch is None else batch >= wanted
     rows.append(row("batch API, transfers/s", measured, batch, f">= {wanted:,}", met))
-    for name in ("uniform", "hot", "batch", "mixed", "naive", "echo"):
+    for name in ("uniform", "hot", "pool", "batch", "mixed", "naive", "echo"):
         p99, rate = median(name, "half_p99_ms"), median(name, "half_calls_per_second")
         if p99 is not None and rate is not None:
             measured = f"{p99:.1f} ms at {rate:,.0f} calls/s"

@@ -10,6 +10,9 @@ call is an idempotent retry of another.
 - batch: CreateTransfers with `transfers_per_request` independent (not linked) uniform items;
 - mixed: `read_fraction` of calls read (half GetAccount, half ListAccountTransfers of a
   random member), the rest are uniform CreateTransfer calls;
+- pool: a community pot on every transfer: half the calls give to it (CreateTransfer from a
+  random member), half are grants from it to a random member (PoolService.RequestGrant, paid
+  at once: no approvals, within a monthly cap per member that the load never reaches);
 - echo: the uniform scenario's request bytes sent to the echo server (baseline a).
 """
 
@@ -28,16 +31,22 @@ import grpc
 from timebank.ledger.v1 import ledger_pb2 as pb
 from timebank.ledger.v1 import ledger_pb2_grpc as pb_grpc
 
-Kind = Literal["uniform", "hot", "batch", "mixed", "echo"]
+Kind = Literal["uniform", "hot", "batch", "mixed", "pool", "echo"]
 
 # Members may owe and hold as much as the API allows: the load never hits a limit.
 lower_limit_minutes = -1_000_000_000_000
 pool_account_id = "pool"
+# The pool scenario's pot: a pool with a policy (the hot scenario's "pool" has none).
+pot_account_id = "community-pot"
+# Its cap per member per month: checked on every grant, never reached by the load.
+pot_cap_minutes = 1_000_000_000
 amount_minutes_max = 120
 setup_calls_in_flight_max = 64
 setup_call_timeout_seconds = 30.0
 
 _ledger_service = pb.DESCRIPTOR.services_by_name["LedgerService"].full_name
+# Named, not imported: the generators send bytes, and older commits have no pools.proto.
+_pool_service = "timebank.ledger.v1.PoolService"
 # The echo server's one method (echo_server.py). Defined here so that the generator processes,
 # which import this module, never import the ledger's own code.
 echo_service_name = "load_tests.v1.EchoService"
@@ -49,12 +58,27 @@ def _ledger_path(method: str) -> str:
 
 
 # Operations by index; a generator keeps latencies per operation.
-op_names = ("CreateTransfer", "CreateTransfers", "GetAccount", "ListAccountTransfers", "Echo")
-op_paths = (
-    *(_ledger_path(name) for name in op_names[:-1]),
-    f"/{echo_service_name}/{echo_method_name}",
+op_names = (
+    "CreateTransfer",
+    "CreateTransfers",
+    "GetAccount",
+    "ListAccountTransfers",
+    "Echo",
+    "RequestGrant",
 )
-OP_CREATE_TRANSFER, OP_CREATE_TRANSFERS, OP_GET_ACCOUNT, OP_LIST_TRANSFERS, OP_ECHO = range(5)
+op_paths = (
+    *(_ledger_path(name) for name in op_names[:4]),
+    f"/{echo_service_name}/{echo_method_name}",
+    f"/{_pool_service}/RequestGrant",
+)
+(
+    OP_CREATE_TRANSFER,
+    OP_CREATE_TRANSFERS,
+    OP_GET_ACCOUNT,
+    OP_LIST_TRANSFERS,
+    OP_ECHO,
+    OP_REQUEST_GRANT,
+) = range(6)
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,8 @@ def _call(workload: Workload, transfer_id: str, rng: random.Random) -> Call:
         return Call(OP_CREATE_TRANSFERS, request.SerializeToString(), len(items))
     if kind == "mixed" and rng.random() < workload.read_fraction:
         return _read(workload, rng)
+    if kind == "pool" and rng.random() < 0.5:
+        return _grant(workload, transfer_id, rng)
     payer, payee = _pair(workload, rng)
     transfer = pb.CreateTransferRequest(
         **_labelled(
@@ -156,10 +182,28 @@ def _new_transfer(workload: Workload, transfer_id: str, rng: random.Random) -> p
     )
 
 
+def _grant(workload: Workload, grant_id: str, rng: random.Random) -> Call:
+    from timebank.ledger.v1 import pools_pb2  # not there in commits before pools
+
+    request = pools_pb2.RequestGrantRequest(
+        bank_id=workload.bank_id,
+        grant_id=grant_id,
+        pool_account_id=pot_account_id,
+        member_account_id=member_id(rng.randrange(workload.member_count)),
+        amount_minutes=rng.randint(1, amount_minutes_max),
+        memo="lifts to the surgery",
+        category="transport",
+        actor_label="load-test",
+    )
+    return Call(OP_REQUEST_GRANT, request.SerializeToString(), 1)
+
+
 def _pair(workload: Workload, rng: random.Random) -> tuple[str, str]:
     if workload.kind == "hot":
         member = member_id(rng.randrange(workload.member_count))
         return (pool_account_id, member) if rng.random() < 0.5 else (member, pool_account_id)
+    if workload.kind == "pool":
+        return member_id(rng.randrange(workload.member_count)), pot_account_id
     payer, payee = rng.sample(range(workload.member_count), 2)
     return member_id(payer), member_id(payee)
 
@@ -177,7 +221,7 @@ def _read(workload: Workload, rng: random.Random) -> Call:
 
 def transfers_recorded(op: int, response: bytes, item_errors: Counter[str]) -> int:
     """How many transfers an OK response recorded; refused batch items go to item_errors."""
-    if op == OP_CREATE_TRANSFER:
+    if op in (OP_CREATE_TRANSFER, OP_REQUEST_GRANT):
         return 1
     if op != OP_CREATE_TRANSFERS:
         return 0
@@ -250,7 +294,39 @@ async def prepare_bank(
             for index in range(workload.member_count)
         ]
         await asyncio.gather(*opening)
+        if workload.kind == "pool":
+            await _create_pot(channel, workload.bank_id, metadata)
         return token
+
+
+async def _create_pot(
+    channel: grpc.aio.Channel, bank_id: str, metadata: tuple[tuple[str, str], ...] | None
+) -> None:
+    """The pool scenario's pot: anyone gives, any member draws, capped, paid at once."""
+    from timebank.ledger.v1 import pools_pb2, pools_pb2_grpc
+
+    policy = pools_pb2.PoolPolicy(
+        contributors=pools_pb2.CONTRIBUTOR_RULE_ANYONE,
+        drawers=pools_pb2.DRAWER_RULE_ANY_MEMBER,
+        cap_minutes=pot_cap_minutes,
+        cap_period=pools_pb2.CAP_PERIOD_CALENDAR_MONTH,
+        # Grants may take it as low as a member may go: the load's random walk never stops.
+        floor_minutes=lower_limit_minutes,
+        approvals_required=0,
+    )
+    await pools_pb2_grpc.PoolServiceStub(channel).CreatePool(
+        pools_pb2.CreatePoolRequest(
+            bank_id=bank_id,
+            request_id="load-test-pot",
+            pool_account_id=pot_account_id,
+            policy=policy,
+            lower_limit_minutes=lower_limit_minutes,
+            reason="load test",
+            actor_label="load-test",
+        ),
+        timeout=setup_call_timeout_seconds,
+        metadata=metadata,
+    )
 
 
 async def _bank_admin_key(channel: grpc.aio.Channel, bank_id: str, operator: str) -> str:

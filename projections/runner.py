@@ -1,9 +1,11 @@
 """Follows the event log and keeps one projection's view tables up to date, exactly once.
 
-Each step reads up to `batch_max` notifications after the projection's position, applies
-them all in ONE view-database transaction, and records the new position (and each bank's
-latest version) in that same transaction: a crash anywhere leaves either all of the batch
-or none of it, so every event is applied exactly once.
+Each step reads up to `batch_max` notifications after the projection's position (a
+`LogPage`, decoded once), applies them all in ONE view-database transaction, and records the
+new position (and each bank's latest version) in that same transaction: a crash anywhere
+leaves either all of the batch or none of it, so every event is applied exactly once. A
+ProjectionSet (registry.py) applies one page to several runners in one transaction the same
+way, each from its own position.
 
 Readers of the log never see a later event before an earlier one commits: the event store's
 insert takes a table lock in PostgreSQL and SQLite has one writer, so notification ids become
@@ -17,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -162,37 +165,46 @@ class ProjectionRunner:
 
     def run_once(self) -> int:
         """Apply the next batch, if any; returns how many notifications it applied."""
-        notifications = self._read_batch()
+        notifications = read_log_batch(self.store, self._position, self.batch_max)
         if not notifications:
-            self._idle()
+            self.idle()
             return 0
-        # The log also holds the deployment's own history (operator keys): no bank's.
-        events = [
-            log_event(n.id, n.state)
-            for n in notifications
-            if str(n.originator_id) != deployment_uuid
-        ]
-        start, end = self._position, notifications[-1].id
+        page = LogPage.decode(notifications)
         with self.views.transaction() as cursor:
-            moved = cursor.execute(
-                "UPDATE projection_positions SET position = ?"
-                " WHERE projection = ? AND position = ?",
-                (end, self.projection.name, start),
-            )
-            if moved != 1:
-                raise PositionMovedError(
-                    f"projection {self.projection.name!r} is no longer at {start}"
-                )
-            self.projection.apply(cursor, events)
-            self._record_bank_versions(cursor, events)
+            self.apply_page(cursor, page)
+        self.committed(page.end)
+        return len(notifications)
+
+    def apply_page(self, cursor: Cursor, page: LogPage) -> bool:
+        """Inside the caller's transaction, apply the page's events this projection has not
+        yet applied and move its position to the page's end; False if it had them all."""
+        start = self._position
+        if start >= page.end:
+            return False
+        events = page.events_after(start)
+        moved = cursor.execute(
+            "UPDATE projection_positions SET position = ? WHERE projection = ? AND position = ?",
+            (page.end, self.projection.name, start),
+        )
+        if moved != 1:
+            raise PositionMovedError(f"projection {self.projection.name!r} is no longer at {start}")
+        self.projection.apply(cursor, events)
+        self._record_bank_versions(cursor, events)
+        return True
+
+    def committed(self, end: int) -> None:
+        """The transaction that applied up to `end` has committed: tell whoever waits."""
         if isinstance(self.projection, AfterCommit):
             self.projection.committed()
         self._position = end
         with self._changed:
             self._changed.notify_all()
-        return len(notifications)
 
-    def _idle(self) -> None:
+    def reload_position(self) -> None:
+        """Carry on from the stored position (another process moved it)."""
+        self._position = self.stored_position()
+
+    def idle(self) -> None:
         """The log has nothing new: let a projection that has work for such times do it
         (the audit projection signs checkpoints of heads that have waited long enough)."""
         projection = self.projection
@@ -246,7 +258,7 @@ class ProjectionRunner:
                 applied = self.run_once()
             except PositionMovedError:
                 log.warning("projection_position_moved projection=%s", self.projection.name)
-                self._position = self.stored_position()
+                self.reload_position()
                 continue
             except Exception:
                 # A failed batch rolled back entirely; try it again after a pause.
@@ -255,27 +267,6 @@ class ProjectionRunner:
                 continue
             if applied == 0:
                 self._stop.wait(poll_interval_seconds)
-
-    def _read_batch(self) -> list[Any]:
-        """The notifications after the position: at most batch_max, and no more than fit in
-        batch_bytes_max (but at least one)."""
-        batch: list[Any] = []
-        size = 0
-        start = self._position + 1
-        wanted = min(notifications_first_read, self.batch_max)
-        while True:
-            page = self.store.recorder.select_notifications(start=start, limit=wanted)
-            for notification in page:
-                if batch and size + len(notification.state) > batch_bytes_max:
-                    return batch
-                size += len(notification.state)
-                batch.append(notification)
-            remaining = self.batch_max - len(batch)
-            if len(page) < wanted or remaining == 0:
-                return batch
-            start = page[-1].id + 1
-            fitting = (batch_bytes_max - size) * len(batch) // max(size, 1)
-            wanted = max(1, min(remaining, fitting))
 
     def _record_bank_versions(self, cursor: Cursor, events: Sequence[LogEvent]) -> None:
         latest: dict[str, int] = {}
@@ -287,3 +278,50 @@ class ProjectionRunner:
             " DO UPDATE SET version = excluded.version",
             [(self.projection.name, bank, version) for bank, version in latest.items()],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Notifications read from the log once, decoded once, for every projection that needs
+    them (several projections at different positions share one page)."""
+
+    # The bank events, in log order (the deployment's own history is no bank's).
+    events: list[LogEvent]
+    # The notification id of the page's last notification: where its readers end up.
+    end: int
+
+    @classmethod
+    def decode(cls, notifications: Sequence[Any]) -> LogPage:
+        events = [
+            log_event(n.id, n.state)
+            for n in notifications
+            if str(n.originator_id) != deployment_uuid
+        ]
+        return cls(events, notifications[-1].id)
+
+    def events_after(self, position: int) -> list[LogEvent]:
+        if not self.events or self.events[0].notification_id > position:
+            return self.events
+        return [event for event in self.events if event.notification_id > position]
+
+
+def read_log_batch(store: LedgerStore, position: int, batch_max: int) -> list[Any]:
+    """The notifications after `position`: at most batch_max, and no more than fit in
+    batch_bytes_max (but at least one)."""
+    batch: list[Any] = []
+    size = 0
+    start = position + 1
+    wanted = min(notifications_first_read, batch_max)
+    while True:
+        page = store.recorder.select_notifications(start=start, limit=wanted)
+        for notification in page:
+            if batch and size + len(notification.state) > batch_bytes_max:
+                return batch
+            size += len(notification.state)
+            batch.append(notification)
+        remaining = batch_max - len(batch)
+        if len(page) < wanted or remaining == 0:
+            return batch
+        start = page[-1].id + 1
+        fitting = (batch_bytes_max - size) * len(batch) // max(size, 1)
+        wanted = max(1, min(remaining, fitting))
