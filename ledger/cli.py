@@ -6,6 +6,7 @@
     timebank-ledger verify --bank ID ...          # check a bank's whole history in the store
     timebank-ledger verify --server HOST:PORT --bank ID | --file EXPORT  # as an auditor
     timebank-ledger export --bank ID / import FILE  # move a bank (see audit_cli.py)
+    timebank-ledger report --bank ID --from YYYY-MM --to YYYY-MM [--csv]  # see report_cli.py
     timebank-ledger keys create|list|revoke ...   # the operator's API keys (see admin_keys.py)
     timebank-ledger demo  [--address HOST:PORT]   # a client: two members swap an hour and a half
     timebank-ledger pool-demo [--address HOST:PORT]  # a pot from creation to a posted grant
@@ -30,7 +31,7 @@ from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ledger import admin_keys, audit_cli, logs
+from ledger import admin_keys, audit_cli, logs, report_cli
 from ledger.config import ConfigError, Settings
 
 # A rebuild gives up after this long (at 50,000 events/s: 1.08 billion events).
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_cli.add_verify_arguments(verify_parser)
     audit_cli.add_parsers(commands)
     admin_keys.add_parser(commands)
+    report_cli.add_parser(commands)
     demo_parser = commands.add_parser("demo", help="walk through the API against a server")
     demo_parser.add_argument("--address", help="host:port of the server (LEDGER_GRPC_ADDRESS)")
     demo_parser.add_argument(
@@ -118,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             _check_durable(settings)
             return admin_keys.run(settings, args)
+        if args.command == "report":
+            return report_cli.run(settings, args)
     except ConfigError as error:
         print(f"timebank-ledger {args.command}: {error}", file=sys.stderr)
         return 2

@@ -2,20 +2,23 @@
 
 Against a server that `serve` started (its keys file), in the demo bank: the coordinator (the
 demo bank's admin key) creates the garden pot, whose grants need one approval, the
-coordinator's; the surgery, an organisation, gives it five hours; the bank's front-end (a
-member-app key issued for the walk and revoked after it) asks for an hour and a half for
-Ana; the coordinator sees the request waiting and approves it; the grant posts. Every id of
+coordinator's; the surgery, an organisation, gives it five hours and Ben an hour; the bank's
+front-end (a member-app key issued for the walk and revoked after it) asks for an hour and a
+half for Ana; the coordinator sees the request waiting and approves it; the grant posts. It
+ends with the pot's budget (the budgets view): contributed, granted, remaining, and each
+giver's share, from which the grant was drawn in proportion. Every id of
 the pot is fixed, so running it again records nothing new about it (only the front-end key
 of the walk is issued and revoked again) and answers with the grant as it was posted.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
-from ledger.demo import _describe, bearer, demo_call_timeout_seconds, hours
+from ledger.demo import Metadata, _describe, bearer, demo_call_timeout_seconds, hours
 from ledger.service.bootstrap import KeysFile, demo_bank_id
 from timebank.ledger.v1 import access_pb2 as apb
 from timebank.ledger.v1 import access_pb2_grpc as apb_grpc
@@ -66,9 +69,10 @@ def _walk_through(channel: grpc.Channel, admin_token: str) -> None:
     ledger = pb_grpc.LedgerServiceStub(channel)
     pools = ppb_grpc.PoolServiceStub(channel)
     access = apb_grpc.AccessServiceStub(channel)
-    # Ana (a member, from `demo`) and the surgery, an organisation taking part.
+    # Ana and Ben (members, from `demo`) and the surgery, an organisation taking part.
     for account_id, kind in (
         ("ana", pb.ACCOUNT_KIND_MEMBER),
+        ("ben", pb.ACCOUNT_KIND_MEMBER),
         ("surgery", pb.ACCOUNT_KIND_ORGANISATION),
     ):
         ledger.OpenAccount(
@@ -104,19 +108,20 @@ def _walk_through(channel: grpc.Channel, admin_token: str) -> None:
     ).pool
     print(f"Pool {pool.account.account_id}: cap {hours(policy.cap_minutes)} a month per member,")
     print(f"  floor {hours(policy.floor_minutes)}, 1 approval of {list(policy.approvers)}")
-    # The surgery gives five hours: an ordinary transfer into the pool.
-    ledger.CreateTransfer(
-        pb.CreateTransferRequest(
-            bank_id=demo_bank_id,
-            transfer_id="demo-pot-gift-surgery",
-            payer_account_id="surgery",
-            payee_account_id=pot_id,
-            amount_minutes=300,
-            memo="the surgery's gift to the garden pot",
-        ),
-        timeout=timeout,
-        metadata=admin,
-    )
+    # The surgery gives five hours, Ben one: ordinary transfers into the pool.
+    for giver, minutes in (("surgery", 300), ("ben", 60)):
+        ledger.CreateTransfer(
+            pb.CreateTransferRequest(
+                bank_id=demo_bank_id,
+                transfer_id=f"demo-pot-gift-{giver}",
+                payer_account_id=giver,
+                payee_account_id=pot_id,
+                amount_minutes=minutes,
+                memo=f"{giver}'s gift to the garden pot",
+            ),
+            timeout=timeout,
+            metadata=admin,
+        )
     # The front-end asks for an hour and a half for Ana, with a key of its own.
     app = access.IssueApiKey(
         apb.IssueApiKeyRequest(bank_id=demo_bank_id, role=apb.ROLE_MEMBER_APP, label="pool demo"),
@@ -157,7 +162,7 @@ def _walk_through(channel: grpc.Channel, admin_token: str) -> None:
         metadata=admin,
     )
     print(f"  awaiting the coordinator: {[g.grant_id for g in waiting.grants]}")
-    grant = pools.ApproveGrant(
+    approved = pools.ApproveGrant(
         ppb.ApproveGrantRequest(
             bank_id=demo_bank_id,
             request_id="demo-pot-grant-ana-seeds-approved",
@@ -166,7 +171,8 @@ def _walk_through(channel: grpc.Channel, admin_token: str) -> None:
         ),
         timeout=timeout,
         metadata=admin,
-    ).grant
+    )
+    grant = approved.grant
     print(f"  approved by {list(grant.approvals)}: {_state_names[grant.state]}")
     pool = pools.GetPool(
         ppb.GetPoolRequest(bank_id=demo_bank_id, pool_account_id=pot_id),
@@ -176,3 +182,37 @@ def _walk_through(channel: grpc.Channel, admin_token: str) -> None:
     print(
         f"Pool balance {hours(pool.account.balance_minutes)}, {pool.open_grant_count} requests open"
     )
+    _print_budget(pools, admin, approved.position)
+
+
+def _print_budget(pools: ppb_grpc.PoolServiceStub, admin: Metadata, position: int) -> None:
+    """The pot's budget as the budgets view has it, once it has applied the grant."""
+    month = datetime.now(UTC).strftime("%Y-%m")
+    try:
+        budget = pools.GetPoolBudget(
+            ppb.GetPoolBudgetRequest(
+                bank_id=demo_bank_id,
+                pool_account_id=pot_id,
+                from_month=month,
+                to_month=month,
+                min_position=position,
+            ),
+            timeout=demo_call_timeout_seconds,
+            metadata=admin,
+        ).budget
+    except grpc.RpcError as error:
+        if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"Budget: not available here ({_describe(error)})")
+            return
+        raise
+    print(f"Budget of {budget.pool_account_id} ({budget.time_zone}, {budget.as_of_day}):")
+    print(
+        f"  contributed {hours(budget.contributed_minutes)},"
+        f" granted {hours(budget.granted_minutes)},"
+        f" remaining {hours(budget.remaining_minutes)}"
+    )
+    for share in budget.contributors:
+        print(
+            f"  {share.contributor_account_id} gave {hours(share.contributed_minutes)}:"
+            f" used {hours(share.used_minutes)}, left {hours(share.left_minutes)}"
+        )

@@ -13,6 +13,7 @@ at least that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 from uuid import UUID
 
@@ -27,7 +28,9 @@ from ledger.domain.errors import (
     Unavailable,
 )
 from ledger.security.quotas import Slots
-from projections import queries, report_queries
+from projections import budget_queries, impact_queries, queries, report_queries
+from projections.budget_queries import PoolBudget
+from projections.impact_queries import AccountImpact, ImpactSummary
 from projections.queries import AccountSummary, StatementEntry
 from projections.registry import ProjectionSet
 from projections.report_queries import BankTotals, CategoryRow, MonthRow
@@ -54,6 +57,15 @@ class BankReport:
     active_members: int
     months: list[MonthRow]
     categories: list[CategoryRow]
+
+
+@dataclass(frozen=True, slots=True)
+class ImpactPage:
+    """A page of the impact report: the bank's figures (first page only) and account months."""
+
+    summary: ImpactSummary | None
+    accounts: list[AccountImpact]
+    next_page_token: str
 
 
 class ViewReads:
@@ -126,6 +138,65 @@ class ViewReads:
             categories=report_queries.category_report(views, bank_id, from_month, to_month),
         )
         return Fresh(report, position)
+
+    def impact_report(
+        self,
+        bank_id: str,
+        from_month: str,
+        to_month: str,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        min_position: int = 0,
+        wait_seconds_max: float | None = None,
+    ) -> Fresh[ImpactPage]:
+        """The "measure what matters" figures (issue 11): the bank's on the first page, and
+        a page of its members' and organisations' months."""
+        check_id("bank_id", bank_id)
+        # Refuse a bad period or page before waiting.
+        report_queries.report_months(from_month, to_month)
+        impact_queries.accounts_cursor(from_month, to_month, page_size, page_token)
+        position = self._position("reports", bank_id, min_position, wait_seconds_max)
+        views = self._projections.views
+        summary = None
+        if not page_token:
+            summary = impact_queries.impact_summary(views, bank_id, from_month, to_month)
+        accounts, next_page_token = impact_queries.accounts_page(
+            views, bank_id, from_month, to_month, page_size, page_token
+        )
+        return Fresh(ImpactPage(summary, accounts, next_page_token), position)
+
+    def pool_budget(
+        self,
+        bank_id: str,
+        pool_account_id: str,
+        from_month: str,
+        to_month: str,
+        now: datetime,
+        *,
+        min_position: int = 0,
+        wait_seconds_max: float | None = None,
+    ) -> Fresh[PoolBudget]:
+        """A pool's budget (projections/budget_queries.py); `now` says which cap period and
+        which complete months the runway is of."""
+        check_id("bank_id", bank_id)
+        check_id("pool_account_id", pool_account_id)
+        report_queries.report_months(from_month, to_month)  # refuse a bad period before waiting
+        if "budgets" not in self._projections.names:
+            raise Unavailable("VIEWS_NOT_SERVED", "this server serves no budgets view")
+        position = self._position("budgets", bank_id, min_position, wait_seconds_max)
+        budget = budget_queries.pool_budget(
+            self._projections.views, bank_id, pool_account_id, from_month, to_month, now
+        )
+        if budget is None:
+            raise NotFound(
+                "POOL_NOT_FOUND",
+                f"pool {pool_account_id!r} does not exist in bank {bank_id!r}"
+                f" (as of position {position})",
+                field="pool_account_id",
+                metadata={"account_id": pool_account_id, "position": str(position)},
+            )
+        return Fresh(budget, position)
 
     # ----------------------------------------------------------------- internals
 

@@ -5,6 +5,7 @@
                (projections/reports.py)
     audit      every invariant re-checked as the log grows, balance checkpoints for as-of
                queries, signed checkpoints of the chain heads (projections/audit.py)
+    budgets    per pool and month: contributed, pledged, granted, committed; shares, cap usage
 
 `ProjectionSet` owns one ProjectionRunner per projection over one views database. In
 `serve` (LEDGER_PROJECTIONS=in-process) and in `timebank-ledger project` it follows the
@@ -26,6 +27,7 @@ from ledger.config import ConfigError, Settings
 from ledger.storage.store import LedgerStore
 from projections.accounts import AccountsProjection
 from projections.audit import AuditProjection
+from projections.budgets import BudgetsProjection
 from projections.db import ViewDatabase, open_views
 from projections.reports import ReportsProjection
 from projections.runner import (
@@ -45,6 +47,7 @@ projection_factories: Mapping[str, Callable[[LedgerStore, Settings | None], Proj
     "accounts": lambda store, settings: AccountsProjection(),
     "reports": lambda store, settings: ReportsProjection(),
     "audit": AuditProjection.for_set,
+    "budgets": lambda store, settings: BudgetsProjection(),
 }
 projection_names = tuple(projection_factories)
 

@@ -15,10 +15,12 @@ Tables (keyed by the client-chosen bank_id, not the aggregate UUID):
 - report_account_months: per account and month: exchanges, minutes given (as payee: the one
   who helped) and received (as payer: the one helped).
 - report_category_months: per category and month: exchanges and minutes.
+- the "measure what matters" tables (pairs, partners, newcomers, pool flows): see
+  projections/impact.py, which every batch applies in the same transaction.
 
-An exchange counts in the month of its service_date if it has one, else in the UTC month of
-the event that posted it (for a pending transfer: the post, when the minutes moved). A
-posted pending counts its posted amount. A reversal is not an exchange: it takes the
+An exchange counts on its service_date if it has one, else on the UTC day of the event that
+posted it (for a pending transfer: the post, when the minutes moved), and in that day's
+month. A posted pending counts its posted amount. A reversal is not an exchange: it takes the
 original's exchange back out of the original's month, category and accounts, so every
 figure is net of reversals.
 
@@ -37,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from projections.db import Cursor, insert_rows
+from projections.impact import IMPACT_DDL, IMPACT_TABLES, ImpactBatch
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS report_banks ("
@@ -78,6 +81,7 @@ REPORT_TABLES = (
     "report_transfers",
     "report_account_months",
     "report_category_months",
+    *IMPACT_TABLES,
 )
 
 # Keys per bulk look-up; each chunk is padded to a power of two so that only a handful of
@@ -117,13 +121,13 @@ _BANK_COUNTERS = (
 )
 
 
-def month_of(service_date: str, timestamp: datetime) -> str:
-    """The month ('YYYY-MM') an exchange counts in: its service date's, else the event's (UTC)."""
+def day_of(service_date: str, timestamp: datetime) -> str:
+    """The day ('YYYY-MM-DD') an exchange counts on: its service date, else the event's (UTC)."""
     if service_date:
         assert len(service_date) == 10, service_date
-        return service_date[:7]
+        return service_date
     moment = timestamp if timestamp.tzinfo is None else timestamp.astimezone(UTC)
-    return f"{moment.year:04d}-{moment.month:02d}"
+    return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
 
 
 def _iso(moment: datetime) -> str:
@@ -194,6 +198,8 @@ class _Batch:
         self.account_months: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
         # (bank_id, month, category) -> [exchanges, minutes]
         self.category_months: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        # Who exchanged with whom, newcomers, organisation and pool flows (projections/impact.py).
+        self.impact = ImpactBatch(cursor)
 
     # ----------------------------------------------------------------- reading
 
@@ -416,9 +422,11 @@ class ReportsProjection:
     """Bank totals, the zero-sum check, and exchanges per month, account and category."""
 
     name = "reports"
+    # 2: the "measure what matters" tables (impact.py); a view built by 1 is rebuilt.
+    schema_version = 2
 
     def create_tables(self, cursor: Cursor) -> None:
-        for statement in _DDL:
+        for statement in (*_DDL, *IMPACT_DDL):
             cursor.execute(statement)
 
     def drop_tables(self, cursor: Cursor) -> None:
@@ -436,6 +444,7 @@ class ReportsProjection:
                 # An event these reports do not measure still moves the bank's position.
                 batch.bank(event)
         batch.write()
+        batch.impact.write()
 
     # ----------------------------------------------------------------- bank and accounts
 
@@ -450,6 +459,7 @@ class ReportsProjection:
         key = (bank_id, event.account_id)
         assert key not in batch.accounts, f"account {event.account_id} opened twice"
         batch.accounts[key] = _AccountChange(kind=event.kind, status="open")
+        batch.impact.opened(bank_id, event.account_id, event.kind, day_of("", event.timestamp))
 
     def _on_AccountStatusChanged(self, batch: _Batch, event: Any) -> None:  # noqa: N802
         bank_id, _ = batch.bank(event)
@@ -474,14 +484,15 @@ class ReportsProjection:
                 )
                 continue
             bank.counters["immediate_transfers"] += 1
+            day = day_of(item["service_date"], event.timestamp)
             posted = _Posted(
                 item["payer_account_id"],
                 item["payee_account_id"],
                 amount,
                 item["category"],
-                month_of(item["service_date"], event.timestamp),
+                day[:7],
             )
-            self._exchange(batch, bank, key, posted)
+            self._exchange(batch, bank, key, posted, day)
 
     def _on_PendingPosted(self, batch: _Batch, event: Any) -> None:  # noqa: N802
         bank_id, bank = batch.bank(event)
@@ -489,14 +500,15 @@ class ReportsProjection:
         assert 0 < event.posted_amount_minutes <= hold.amount_minutes, event.transfer_id
         bank.counters["pending_posted"] += 1
         bank.counters["held_minutes"] -= hold.amount_minutes
+        day = day_of(hold.service_date, event.timestamp)
         posted = _Posted(
             hold.payer_account_id,
             hold.payee_account_id,
             event.posted_amount_minutes,
             hold.category,
-            month_of(hold.service_date, event.timestamp),
+            day[:7],
         )
-        self._exchange(batch, bank, (bank_id, event.transfer_id), posted)
+        self._exchange(batch, bank, (bank_id, event.transfer_id), posted, day)
 
     def _on_PendingVoided(self, batch: _Batch, event: Any) -> None:  # noqa: N802
         self._release(batch, event, "pending_voided")
@@ -520,13 +532,33 @@ class ReportsProjection:
         bank.counters["reversals"] += 1
         bank.counters["reversed_minutes"] += original.amount_minutes
         batch.count(bank_id, original, sign=-1)
+        batch.impact.reversed(
+            bank_id,
+            event.reverses_transfer_id,
+            original.payer_account_id,
+            original.payee_account_id,
+            original.amount_minutes,
+            original.category,
+            original.month,
+        )
 
     @staticmethod
-    def _exchange(batch: _Batch, bank: _BankChange, key: tuple[str, str], posted: _Posted) -> None:
+    def _exchange(
+        batch: _Batch, bank: _BankChange, key: tuple[str, str], posted: _Posted, day: str
+    ) -> None:
         assert key not in batch.new_posted, f"transfer {key[1]} posted twice"
         batch.new_posted[key] = posted
         bank.counters["posted_minutes"] += posted.amount_minutes
         batch.count(key[0], posted, sign=1)
+        batch.impact.exchanged(
+            key[0],
+            key[1],
+            posted.payer_account_id,
+            posted.payee_account_id,
+            posted.amount_minutes,
+            posted.category,
+            day,
+        )
 
     @staticmethod
     def _release(batch: _Batch, event: Any, counter: str) -> None:

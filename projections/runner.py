@@ -45,11 +45,20 @@ _TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_bank_versions ("
     " projection TEXT NOT NULL, bank_uuid TEXT NOT NULL, version BIGINT NOT NULL,"
     " PRIMARY KEY (projection, bank_uuid))",
+    "CREATE TABLE IF NOT EXISTS projection_schemas ("
+    " projection TEXT PRIMARY KEY, schema_version BIGINT NOT NULL)",
 )
+# A projection without a `schema_version` attribute is at this one.
+schema_version_default = 1
 
 
 class Projection(Protocol):
-    """A read model: its tables, and how a batch of events changes them."""
+    """A read model: its tables, and how a batch of events changes them.
+
+    A projection may also name a `schema_version` (an int, default 1): when its tables or
+    what it writes into them change, it raises the number, and a views database built by an
+    older version is dropped and rebuilt from event 1 the next time a runner starts on it
+    (views hold nothing the log cannot give again)."""
 
     name: str
 
@@ -109,29 +118,62 @@ class ProjectionRunner:
     # ----------------------------------------------------------------- set-up and rebuild
 
     def setup(self) -> None:
+        """Create the tables if they are not there; rebuild them if an older schema made them."""
+        name = self.projection.name
+        wanted = getattr(self.projection, "schema_version", schema_version_default)
         with self.views.transaction() as cursor:
             for statement in _TRACKING_DDL:
                 cursor.execute(statement)
-            self.projection.create_tables(cursor)
             cursor.execute(
                 "INSERT INTO projection_positions (projection, position) VALUES (?, 0)"
                 " ON CONFLICT (projection) DO NOTHING",
-                (self.projection.name,),
+                (name,),
             )
+            built = self._built_schema_version(cursor, name)
+            if built is not None and built != wanted:
+                log.warning(
+                    "projection_rebuild_for_schema projection=%s built=%s wanted=%s",
+                    name,
+                    built,
+                    wanted,
+                )
+                self._clear(cursor)
+            self.projection.create_tables(cursor)
+            cursor.execute(
+                "INSERT INTO projection_schemas (projection, schema_version) VALUES (?, ?)"
+                " ON CONFLICT (projection) DO UPDATE SET schema_version = excluded.schema_version",
+                (name, wanted),
+            )
+
+    def _built_schema_version(self, cursor: Cursor, name: str) -> int | None:
+        """The schema version the stored tables were built by; None for none built yet. A
+        projection that applied events before schema versions were recorded is at 0."""
+        rows = cursor.query(
+            "SELECT schema_version FROM projection_schemas WHERE projection = ?", (name,)
+        )
+        if rows:
+            return int(rows[0][0])
+        position = cursor.query(
+            "SELECT position FROM projection_positions WHERE projection = ?", (name,)
+        )
+        return 0 if position and int(position[0][0]) > 0 else None
+
+    def _clear(self, cursor: Cursor) -> None:
+        self.projection.drop_tables(cursor)
+        cursor.execute(
+            "UPDATE projection_positions SET position = 0 WHERE projection = ?",
+            (self.projection.name,),
+        )
+        cursor.execute(
+            "DELETE FROM projection_bank_versions WHERE projection = ?",
+            (self.projection.name,),
+        )
 
     def reset(self) -> None:
         """Drop the projection's rows and position, so the next steps rebuild it from event 1."""
         with self.views.transaction() as cursor:
-            self.projection.drop_tables(cursor)
+            self._clear(cursor)
             self.projection.create_tables(cursor)
-            cursor.execute(
-                "UPDATE projection_positions SET position = 0 WHERE projection = ?",
-                (self.projection.name,),
-            )
-            cursor.execute(
-                "DELETE FROM projection_bank_versions WHERE projection = ?",
-                (self.projection.name,),
-            )
         self._position = 0
 
     # ----------------------------------------------------------------- positions

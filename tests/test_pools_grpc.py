@@ -310,7 +310,7 @@ def test_rejections_cancellations_lists_and_bad_input(riverside: Riverside) -> N
 def test_the_pool_demo_walks_a_pot_to_a_posted_grant(
     pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with serving(pki) as served:
+    with serving(pki, with_views=True) as served:
         # The keys `serve` writes at its first start, as `demo` uses them.
         keys = tmp_path / "timebank-ledger.keys.json"
         admin = served.create_bank(demo_bank_id, demo_bank_name)
@@ -319,7 +319,11 @@ def test_the_pool_demo_walks_a_pot_to_a_posted_grant(
         first = capsys.readouterr().out
         assert "awaiting the coordinator: ['demo-pot-grant-ana-seeds']" in first
         assert f"approved by ['key:{key_id_of(admin)}']: posted" in first
-        assert "Pool balance 3h 30m, 0 requests open" in first
+        assert "Pool balance 4h 30m, 0 requests open" in first
+        # The budget: the grant was drawn from the surgery's and Ben's gifts 5:1.
+        assert "  contributed 6h 00m, granted 1h 30m, remaining 4h 30m\n" in first
+        assert "  surgery gave 5h 00m: used 1h 15m, left 3h 45m\n" in first
+        assert "  ben gave 1h 00m: used 0h 15m, left 0h 45m\n" in first
         assert served.ledger.get_account(demo_bank_id, "ana").balance_minutes == 90
         # Again: the same ids, nothing new about the pot; the grant answers as it was posted.
         assert pool_demo(served.address, keys, served.pki.ca_path) == 0

@@ -18,7 +18,8 @@ from test_projection_runner import write_concurrently
 
 from projections.db import Cursor, ViewDatabase
 from projections.registry import ProjectionSet
-from projections.reports import REPORT_TABLES
+from projections.reports import REPORT_TABLES, ReportsProjection
+from projections.runner import ProjectionRunner
 
 WAIT_SECONDS = 60.0
 NAMES = ("accounts", "reports")
@@ -36,9 +37,11 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def every_row(views: ViewDatabase) -> dict[str, list[Any]]:
-    """Every row of both projections and their positions, in a stable order."""
-    tables = [*VIEW_TABLES, *REPORT_TABLES, "projection_positions", "projection_bank_versions"]
+def every_row(views: ViewDatabase, names: Sequence[str] = NAMES) -> dict[str, list[Any]]:
+    """Every row of the projections and their positions, in a stable order."""
+    owned = {"accounts": tuple(VIEW_TABLES), "reports": REPORT_TABLES}
+    tables = [table for name in names for table in owned[name]]
+    tables += ["projection_positions", "projection_bank_versions"]
     return {table: sorted(views.query(f"SELECT * FROM {table}"), key=repr) for table in tables}
 
 
@@ -145,3 +148,49 @@ def test_a_failing_projection_does_not_hold_the_others_back(
     for name in NAMES:
         projections.rebuild(name, time_limit_seconds=WAIT_SECONDS)
     assert every_row(projections.views) == live
+
+
+class ReportsAtVersion(ReportsProjection):
+    def __init__(self, schema_version: int) -> None:
+        self.schema_version = schema_version
+
+
+def test_a_view_built_by_another_schema_version_is_rebuilt_from_event_1(
+    store_url: str, make_ledger: MakeLedger, clock: Clock, views_opener: OpenViews
+) -> None:
+    ledger = make_ledger(store_url)
+    open_bank(ledger, "north")
+    write_concurrently(ledger, clock, ["north"], threads=2, operations=10)
+    views = views_opener(store_url)
+    first = ProjectionRunner(ledger.store, views, ReportsAtVersion(1))
+    first.run_until_caught_up()
+    built = every_row(views, ["reports"])
+    # Change a row, as an older version might have written it differently.
+    assert views.query("SELECT COUNT(*) FROM report_accounts")[0][0] > 0
+    with views.transaction() as cursor:
+        cursor.execute("UPDATE report_accounts SET balance_minutes = balance_minutes + 1")
+
+    # The same version starting again keeps the rows and carries on from its position.
+    same = ProjectionRunner(ledger.store, views, ReportsAtVersion(1))
+    assert same.position == first.position > 0
+    assert every_row(views, ["reports"]) != built
+
+    # A new version drops them and starts from event 1, ending with what a rebuild makes.
+    newer = ProjectionRunner(ledger.store, views, ReportsAtVersion(2))
+    assert newer.position == 0
+    newer.run_until_caught_up()
+    assert every_row(views, ["reports"]) == built
+
+
+def test_a_view_built_before_schema_versions_were_recorded_is_rebuilt(
+    store_url: str, make_ledger: MakeLedger, clock: Clock, views_opener: OpenViews
+) -> None:
+    ledger = make_ledger(store_url)
+    open_bank(ledger, "north")
+    views = views_opener(store_url)
+    first = ProjectionRunner(ledger.store, views, ReportsProjection())
+    first.run_until_caught_up()
+    assert first.position > 0
+    with views.transaction() as cursor:
+        cursor.execute("DELETE FROM projection_schemas")
+    assert ProjectionRunner(ledger.store, views, ReportsProjection()).position == 0

@@ -28,6 +28,7 @@ reads = {
     f"{views}ListStatementEntries",
     f"{views}GetBankReport",
     f"{pools}GetPool",
+    f"{pools}GetPoolBudget",
     f"{pools}ListGrantRequests",
     f"{pools}ListRequestsAwaitingApprover",
 }
@@ -45,9 +46,10 @@ front_end_writes = {
     f"{pools}RejectGrant",
     f"{pools}CancelGrant",
 }
-# A bank's whole transfer list: its coordinators and auditors, not its front-end (member
-# consent is per member, on the member-scoped lists).
-coordinator_reads = {f"{ledger}ListTransfers"}
+# A bank's whole transfer list and its impact report (every member's figures): its
+# coordinators and auditors, not its front-end (member consent is per member, on the
+# member-scoped lists).
+coordinator_reads = {f"{ledger}ListTransfers", f"{views}GetImpactReport"}
 admin_only = {
     f"{ledger}ChangeAccountLimits",
     f"{ledger}FreezeAccount",
@@ -86,7 +88,7 @@ def test_every_method_of_every_generated_service_has_a_rule() -> None:
     assert f"{access}IssueApiKey" in methods
     assert f"{audit}StreamEvents" in methods
     assert f"{pools}ApproveGrant" in methods
-    assert len(methods) == 45
+    assert len(methods) == 47  # 45, PoolService.GetPoolBudget, LedgerViewService.GetImpactReport
     assert methods_without_rule() == []
 
 

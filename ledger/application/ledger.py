@@ -59,6 +59,10 @@ class Ledger:
 
     # ----------------------------------------------------------------- reads
 
+    def now(self) -> datetime:
+        """The ledger's clock (reads that depend on the day, as a pool budget's cap period)."""
+        return self._clock()
+
     def get_bank(self, bank_id: str) -> BankView:
         check_id("bank_id", bank_id)
         view = self.store.bank(str(bank_uuid(bank_id)))

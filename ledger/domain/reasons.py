@@ -185,7 +185,8 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     COMMIT_FAILED = "COMMIT_FAILED"
     VIEW_NOT_CAUGHT_UP = "VIEW_NOT_CAUGHT_UP"
-    VIEWS_NOT_SERVED = "VIEWS_NOT_SERVED"  # AuditService: this server runs no statements view
+    # AuditService, PoolService.GetPoolBudget: this server runs no view for the read.
+    VIEWS_NOT_SERVED = "VIEWS_NOT_SERVED"
 
     # ABORTED: another writer kept winning the race for the bank; retry with the same ids.
     WRITE_CONFLICT = "WRITE_CONFLICT"
@@ -547,6 +548,15 @@ ANSWERS: Mapping[str, Answers] = MappingProxyType(
         f"{_V}GetBankReport": Answers(
             _then(ID, (R.INVALID_MONTH, R.INVALID_MONTH_RANGE, R.MONTH_RANGE_TOO_LARGE), VIEW_READ)
         ),
+        # Issue 11, "measure what matters": keep with projections/impact_queries.py.
+        f"{_V}GetImpactReport": Answers(
+            _then(
+                ID,
+                (R.INVALID_MONTH, R.INVALID_MONTH_RANGE, R.MONTH_RANGE_TOO_LARGE),
+                PAGE,
+                VIEW_READ,
+            )
+        ),
         f"{_A}IssueApiKey": Answers(
             _then(
                 ID,
@@ -673,6 +683,15 @@ ANSWERS: Mapping[str, Answers] = MappingProxyType(
         ),
         f"{_P}CancelGrant": Answers(_decision(R.NOT_GRANT_REQUESTER), write=True),
         f"{_P}GetPool": Answers(_then(ID, (R.BANK_NOT_FOUND, R.POOL_NOT_FOUND))),
+        f"{_P}GetPoolBudget": Answers(
+            _then(
+                ID,
+                (R.INVALID_MONTH, R.INVALID_MONTH_RANGE, R.MONTH_RANGE_TOO_LARGE),
+                (R.VIEWS_NOT_SERVED,),
+                VIEW_READ,
+                (R.POOL_NOT_FOUND,),
+            )
+        ),
         f"{_P}ListGrantRequests": Answers(
             _then(
                 ID,

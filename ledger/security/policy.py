@@ -100,6 +100,8 @@ rules: Mapping[str, Rule] = MappingProxyType(
         f"{_views}GetAccountSummary": _bank_read,
         f"{_views}ListStatementEntries": _bank_read,
         f"{_views}GetBankReport": _bank_read,
+        # Every member's figures: the coordinators' and auditors', as the transfer list is.
+        f"{_views}GetImpactReport": _bank_coordinator_read,
         f"{_access}IssueApiKey": _bank_keys,
         f"{_access}RevokeApiKey": _bank_keys,
         f"{_access}ListApiKeys": _bank_keys,
@@ -127,6 +129,7 @@ rules: Mapping[str, Rule] = MappingProxyType(
         f"{_pools}RejectGrant": _bank_write,
         f"{_pools}CancelGrant": _bank_write,
         f"{_pools}GetPool": _bank_read,
+        f"{_pools}GetPoolBudget": _bank_read,
         f"{_pools}ListGrantRequests": _bank_read,
         f"{_pools}ListRequestsAwaitingApprover": _bank_read,
         f"{_health}Check": _public,

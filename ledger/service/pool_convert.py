@@ -1,4 +1,4 @@
-"""Pure translation for PoolService: requests to pool commands, pools and grants to messages."""
+"""Pure translation for PoolService: requests to commands; pools, grants, budgets to messages."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ledger.security.caller import current_caller
 from ledger.security.roles import Role
 from ledger.service import convert
 from ledger.service.convert import Acting
+from projections.budget_queries import MemberUsage, PoolBudget
 from timebank.ledger.v1 import pools_pb2 as pb
 
 contributor_rules: Mapping[int, str] = {
@@ -183,4 +184,58 @@ def grant(record: GrantRecord) -> pb.Grant:
         message.deadline.CopyFrom(convert.timestamp(record.deadline))
     if record.resolved_at is not None:
         message.resolved_at.CopyFrom(convert.timestamp(record.resolved_at))
+    return message
+
+
+def pool_budget(budget: PoolBudget) -> pb.PoolBudget:
+    message = pb.PoolBudget(
+        pool_account_id=budget.pool_account_id,
+        time_zone=budget.time_zone,
+        as_of_day=budget.today.isoformat(),
+        contributed_minutes=budget.contributed_minutes,
+        granted_minutes=budget.granted_minutes,
+        balance_minutes=budget.balance_minutes,
+        pledged_minutes=budget.pledged_minutes,
+        committed_minutes=budget.committed_minutes,
+        remaining_minutes=budget.remaining_minutes,
+        beyond_shares_minutes=budget.beyond_shares_minutes,
+        recent_granted_minutes=budget.recent_granted_minutes,
+        months=[
+            pb.PoolBudgetMonth(
+                month=month.month,
+                contributed_minutes=month.contributed_minutes,
+                granted_minutes=month.granted_minutes,
+                pledged_minutes=month.pledged_minutes,
+                committed_minutes=month.committed_minutes,
+            )
+            for month in budget.months
+        ],
+        cap_period=_number(budget.cap_period, cap_periods),  # type: ignore[arg-type]
+        cap_period_first_day=budget.cap_period_first_day.isoformat(),
+        members=[_member_usage(usage) for usage in budget.members],
+        members_total=budget.members_total,
+        contributors=[
+            pb.PoolContributorShare(
+                contributor_account_id=share.account_id,
+                contributed_minutes=share.contributed_minutes,
+                used_minutes=share.used_minutes,
+                left_minutes=share.left_minutes,
+            )
+            for share in budget.contributors
+        ],
+        contributors_total=budget.contributors_total,
+    )
+    if budget.runway_months is not None:
+        message.runway_months = budget.runway_months
+    if budget.cap_minutes is not None:
+        message.cap_minutes = budget.cap_minutes
+    return message
+
+
+def _member_usage(usage: MemberUsage) -> pb.PoolMemberUsage:
+    message = pb.PoolMemberUsage(
+        member_account_id=usage.account_id, used_minutes=usage.used_minutes
+    )
+    if usage.left_minutes is not None:
+        message.cap_left_minutes = usage.left_minutes
     return message

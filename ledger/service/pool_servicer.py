@@ -1,9 +1,11 @@
 """PoolService over gRPC (issue 11): translate the request, call the Ledger, translate the result.
 
 Writes go to the bank's writer like every command; reads come from the committed pool tables
-(application/pool_reads.py). Every method runs inside the same `rpc` wrapper as LedgerService
-(bank id check, logs, metrics, error statuses). Who may decide a grant is the domain's rule,
-from the authenticated caller; the edge only says which roles may call at all.
+(application/pool_reads.py), and budgets from the budgets view (projections/budgets.py) with
+read-your-writes by position, as LedgerViewService's reads. Every method runs inside the
+same `rpc` wrapper as LedgerService (bank id check, logs, metrics, error statuses). Who may
+decide a grant is the domain's rule, from the authenticated caller; the edge only says which
+roles may call at all.
 """
 
 # Method names are the RPC names of the generated PoolServiceServicer base class.
@@ -15,12 +17,16 @@ import grpc
 
 from ledger.application.ledger import Ledger
 from ledger.application.pool_reads import PoolReads
-from ledger.domain.commands import Command
+from ledger.domain.commands import Command, check_id
+from ledger.domain.errors import Unavailable
 from ledger.domain.pools import PoolView
 from ledger.domain.records import GrantRecord
 from ledger.service import convert
 from ledger.service import pool_convert as to
 from ledger.service.servicer import rpc
+from ledger.service.view_servicer import _wait_seconds_max as wait_seconds_max
+from projections.reads import ViewReads
+from projections.report_queries import report_months
 from timebank.ledger.v1 import pools_pb2 as pb
 from timebank.ledger.v1 import pools_pb2_grpc as pb_grpc
 
@@ -28,9 +34,11 @@ from timebank.ledger.v1 import pools_pb2_grpc as pb_grpc
 class PoolServicer(pb_grpc.PoolServiceServicer):
     """The gRPC face of the ledger's pools."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, views: ViewReads | None = None) -> None:
         self._ledger = ledger
         self._reads = PoolReads(ledger.store, ledger.get_bank, ledger.get_account)
+        # None: this server follows no views, and serves no budgets.
+        self._views = views
 
     # Policies
 
@@ -89,6 +97,26 @@ class PoolServicer(pb_grpc.PoolServiceServicer):
     ) -> pb.GetPoolResponse:
         view = self._reads.pool(request.bank_id, request.pool_account_id)
         return pb.GetPoolResponse(pool=to.pool(view))
+
+    @rpc
+    def GetPoolBudget(
+        self, request: pb.GetPoolBudgetRequest, context: grpc.ServicerContext
+    ) -> pb.GetPoolBudgetResponse:
+        if self._views is None:
+            # Bad input is refused as it would be with the views (reasons.py's order).
+            check_id("pool_account_id", request.pool_account_id)
+            report_months(request.from_month, request.to_month)
+            raise Unavailable("VIEWS_NOT_SERVED", "this server serves no budgets view")
+        read = self._views.pool_budget(
+            request.bank_id,
+            request.pool_account_id,
+            request.from_month,
+            request.to_month,
+            self._ledger.now(),
+            min_position=request.min_position,
+            wait_seconds_max=wait_seconds_max(context),
+        )
+        return pb.GetPoolBudgetResponse(budget=to.pool_budget(read.value), position=read.position)
 
     @rpc
     def ListGrantRequests(

@@ -145,12 +145,15 @@ def create_server(
         AuditServicer(ledger, settings, projections), server
     )
     services.append(audit_service_name)
-    # PoolService (issue 11): pools, their policies, grant requests and approvals.
-    pools_pb2_grpc.add_PoolServiceServicer_to_server(PoolServicer(ledger), server)
-    services.append(pool_service_name)
+    reads = None
     if projections is not None:
         waiting = Slots("reads_waiting", settings.reads_waiting_max)
         reads = ViewReads(projections, settings.read_wait_seconds, waiting)
+    # PoolService (issue 11): pools, their policies, grant requests and approvals; budgets
+    # from the views, when this server has them.
+    pools_pb2_grpc.add_PoolServiceServicer_to_server(PoolServicer(ledger, reads), server)
+    services.append(pool_service_name)
+    if reads is not None:
         views_pb2_grpc.add_LedgerViewServiceServicer_to_server(
             LedgerViewServicer(reads, ledger), server
         )

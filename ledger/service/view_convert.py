@@ -8,8 +8,15 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.service.convert import account_kinds, account_statuses, enum_to_proto, timestamp
+from projections.impact_queries import (
+    AccountImpact,
+    ImpactFigures,
+    ImpactSummary,
+    OrganisationFlows,
+    PoolFlows,
+)
 from projections.queries import AccountSummary, StatementEntry
-from projections.reads import BankReport
+from projections.reads import BankReport, ImpactPage
 from projections.report_queries import AccountCounts, BankTotals, CategoryRow, MonthRow
 from timebank.ledger.v1 import views_pb2 as pb
 
@@ -114,6 +121,87 @@ def _month(row: MonthRow) -> pb.MonthFigures:
 def _category(row: CategoryRow) -> pb.CategoryFigures:
     return pb.CategoryFigures(
         category=row.category, exchanges=row.exchanges, exchanged_minutes=row.minutes
+    )
+
+
+def impact_page(page: ImpactPage, position: int) -> pb.GetImpactReportResponse:
+    response = pb.GetImpactReportResponse(
+        accounts=[_account_impact(row) for row in page.accounts],
+        next_page_token=page.next_page_token,
+        position=position,
+    )
+    if page.summary is not None:
+        response.summary.CopyFrom(_impact_summary(page.summary))
+    return response
+
+
+def _impact_summary(summary: ImpactSummary) -> pb.ImpactSummary:
+    return pb.ImpactSummary(
+        from_month=summary.from_month,
+        to_month=summary.to_month,
+        period=_impact_figures(summary.period),
+        months=[_impact_figures(month) for month in summary.months],
+        organisations=[_organisation_flows(flows) for flows in summary.organisations],
+        pools=[_pool_flows(flows) for flows in summary.pools],
+    )
+
+
+def _impact_figures(figures: ImpactFigures) -> pb.ImpactFigures:
+    return pb.ImpactFigures(
+        month=figures.month,
+        active_members=figures.active_members,
+        reciprocal_members=figures.reciprocal_members,
+        reciprocal_members_share_basis_points=figures.reciprocal_members_share_basis_points,
+        exchanged_minutes=figures.exchanged_minutes,
+        repeat_pair_minutes=figures.repeat_pair_minutes,
+        repeat_pair_minutes_share_basis_points=figures.repeat_pair_minutes_share_basis_points,
+        partners=figures.partners_total,
+        partners_median_hundredths=figures.partners_median_hundredths,
+        partners_mean_hundredths=figures.partners_mean_hundredths,
+        newcomers=figures.newcomers,
+        days_to_first_exchange_median_hundredths=figures.days_to_first_exchange_median_hundredths,
+        organisation_to_member_minutes=figures.organisation_to_member_minutes,
+        member_to_organisation_minutes=figures.member_to_organisation_minutes,
+        pool_in_minutes=figures.pool_in_minutes,
+        pool_out_minutes=figures.pool_out_minutes,
+    )
+
+
+def _organisation_flows(flows: OrganisationFlows) -> pb.OrganisationFlows:
+    return pb.OrganisationFlows(
+        account_id=flows.account_id,
+        to_members_minutes=flows.to_members_minutes,
+        from_members_minutes=flows.from_members_minutes,
+    )
+
+
+def _pool_flows(flows: PoolFlows) -> pb.PoolFlows:
+    return pb.PoolFlows(
+        pool_account_id=flows.pool_account_id,
+        category=flows.category,
+        in_exchanges=flows.in_exchanges,
+        in_minutes=flows.in_minutes,
+        out_exchanges=flows.out_exchanges,
+        out_minutes=flows.out_minutes,
+    )
+
+
+def _account_impact(row: AccountImpact) -> pb.AccountImpact:
+    return pb.AccountImpact(
+        month=row.month,
+        account_id=row.account_id,
+        kind=enum_to_proto(row.kind, account_kinds),
+        exchanges=row.exchanges,
+        given_minutes=row.given_minutes,
+        received_minutes=row.received_minutes,
+        partners=row.partners,
+        reciprocal=row.reciprocal,
+        to_members_minutes=row.to_members_minutes,
+        from_members_minutes=row.from_members_minutes,
+        newcomer=row.newcomer,
+        opened_on=row.opened_on,
+        first_exchange_on=row.first_exchange_on,
+        days_to_first_exchange=row.days_to_first_exchange,
     )
 
 

@@ -90,6 +90,21 @@ class LedgerViewServicer(pb_grpc.LedgerViewServiceServicer):
             report=view_convert.bank_report(read.value), position=read.position
         )
 
+    @rpc
+    def GetImpactReport(
+        self, request: pb.GetImpactReportRequest, context: grpc.ServicerContext
+    ) -> pb.GetImpactReportResponse:
+        read = self._reads.impact_report(
+            request.bank_id,
+            request.from_month,
+            request.to_month,
+            request.page_size,
+            request.page_token,
+            min_position=request.min_position,
+            wait_seconds_max=_wait_seconds_max(context),
+        )
+        return view_convert.impact_page(read.value, read.position)
+
 
 def _wait_seconds_max(context: grpc.ServicerContext) -> float | None:
     """How long the call may still wait, or None if the caller set no deadline."""

@@ -766,6 +766,287 @@ class GetPoolResponse(_message.Message):
 Global___GetPoolResponse: _TypeAlias = GetPoolResponse  # noqa: Y015
 
 @_typing.final
+class GetPoolBudgetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_ID_FIELD_NUMBER: _builtins.int
+    POOL_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FROM_MONTH_FIELD_NUMBER: _builtins.int
+    TO_MONTH_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    bank_id: _builtins.str
+    pool_account_id: _builtins.str
+    """A pool of the bank (an account created with CreatePool)."""
+    from_month: _builtins.str
+    """First month of the period, YYYY-MM; required."""
+    to_month: _builtins.str
+    """Last month of the period, YYYY-MM, included; required, not before `from_month`
+    (INVALID_MONTH_RANGE). A period is at most 120 months long (MONTH_RANGE_TOO_LARGE).
+    """
+    min_position: _builtins.int
+    """Read-your-writes: the `position` a write response returned; 0: the view as it is."""
+    def __init__(
+        self,
+        *,
+        bank_id: _builtins.str = ...,
+        pool_account_id: _builtins.str = ...,
+        from_month: _builtins.str = ...,
+        to_month: _builtins.str = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_id", b"bank_id", "from_month", b"from_month", "min_position", b"min_position", "pool_account_id", b"pool_account_id", "to_month", b"to_month"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPoolBudgetRequest: _TypeAlias = GetPoolBudgetRequest  # noqa: Y015
+
+@_typing.final
+class GetPoolBudgetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """The bank's position the view had reached: it reflects every event up to here (at least)."""
+    @_builtins.property
+    def budget(self) -> Global___PoolBudget: ...
+    def __init__(
+        self,
+        *,
+        budget: Global___PoolBudget | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPoolBudgetResponse: _TypeAlias = GetPoolBudgetResponse  # noqa: Y015
+
+@_typing.final
+class PoolBudget(_message.Message):
+    """A pool's budget. Totals are of its whole history, net of reversals, as of `position`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    AS_OF_DAY_FIELD_NUMBER: _builtins.int
+    CONTRIBUTED_MINUTES_FIELD_NUMBER: _builtins.int
+    GRANTED_MINUTES_FIELD_NUMBER: _builtins.int
+    BALANCE_MINUTES_FIELD_NUMBER: _builtins.int
+    PLEDGED_MINUTES_FIELD_NUMBER: _builtins.int
+    COMMITTED_MINUTES_FIELD_NUMBER: _builtins.int
+    REMAINING_MINUTES_FIELD_NUMBER: _builtins.int
+    BEYOND_SHARES_MINUTES_FIELD_NUMBER: _builtins.int
+    RECENT_GRANTED_MINUTES_FIELD_NUMBER: _builtins.int
+    RUNWAY_MONTHS_FIELD_NUMBER: _builtins.int
+    MONTHS_FIELD_NUMBER: _builtins.int
+    CAP_MINUTES_FIELD_NUMBER: _builtins.int
+    CAP_PERIOD_FIELD_NUMBER: _builtins.int
+    CAP_PERIOD_FIRST_DAY_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    MEMBERS_TOTAL_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_TOTAL_FIELD_NUMBER: _builtins.int
+    pool_account_id: _builtins.str
+    time_zone: _builtins.str
+    """The IANA time zone of the policy in force: months and cap periods are counted in it."""
+    as_of_day: _builtins.str
+    """The day (YYYY-MM-DD, in that time zone) the budget was read on: the cap period and the
+    runway are this day's.
+    """
+    contributed_minutes: _builtins.int
+    """Posted into the pool: contributions and posted pledges."""
+    granted_minutes: _builtins.int
+    """Paid out by posted grants."""
+    balance_minutes: _builtins.int
+    """contributed_minutes - granted_minutes: the pool account's posted balance."""
+    pledged_minutes: _builtins.int
+    """Open pledges: pending transfers into the pool."""
+    committed_minutes: _builtins.int
+    """Open grant requests: pending transfers out of the pool."""
+    remaining_minutes: _builtins.int
+    """balance_minutes - committed_minutes: what is left if every open request is paid."""
+    beyond_shares_minutes: _builtins.int
+    """Granted beyond what the shares held (the pool below zero; see GetPoolBudget)."""
+    recent_granted_minutes: _builtins.int
+    """Granted in the three complete months before as_of_day's."""
+    runway_months: _builtins.float
+    """How many months remaining_minutes lasts at the average monthly grants of those three
+    months (recent_granted_minutes / 3); 0 if nothing remains; unset when nothing was granted
+    in them.
+    """
+    cap_minutes: _builtins.int
+    """The policy's cap per member per period; unset: no cap."""
+    cap_period: Global___CapPeriod.ValueType
+    cap_period_first_day: _builtins.str
+    """The first day (YYYY-MM-DD) of the cap period as_of_day is in."""
+    members_total: _builtins.int
+    contributors_total: _builtins.int
+    @_builtins.property
+    def months(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolBudgetMonth]:
+        """Every month of [from_month, to_month], in order (months without activity as zeros)."""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolMemberUsage]:
+        """Members with minutes granted or reserved in the cap period, most first (at most 1,000),
+        and how many there are.
+        """
+
+    @_builtins.property
+    def contributors(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolContributorShare]:
+        """Every contributor's share, largest contribution first (at most 1,000), and how many
+        there are.
+        """
+
+    def __init__(
+        self,
+        *,
+        pool_account_id: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        as_of_day: _builtins.str = ...,
+        contributed_minutes: _builtins.int = ...,
+        granted_minutes: _builtins.int = ...,
+        balance_minutes: _builtins.int = ...,
+        pledged_minutes: _builtins.int = ...,
+        committed_minutes: _builtins.int = ...,
+        remaining_minutes: _builtins.int = ...,
+        beyond_shares_minutes: _builtins.int = ...,
+        recent_granted_minutes: _builtins.int = ...,
+        runway_months: _builtins.float | None = ...,
+        months: _abc.Iterable[Global___PoolBudgetMonth] | None = ...,
+        cap_minutes: _builtins.int | None = ...,
+        cap_period: Global___CapPeriod.ValueType = ...,
+        cap_period_first_day: _builtins.str = ...,
+        members: _abc.Iterable[Global___PoolMemberUsage] | None = ...,
+        members_total: _builtins.int = ...,
+        contributors: _abc.Iterable[Global___PoolContributorShare] | None = ...,
+        contributors_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_minutes", b"_cap_minutes", "_runway_months", b"_runway_months", "cap_minutes", b"cap_minutes", "runway_months", b"runway_months"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_minutes", b"_cap_minutes", "_runway_months", b"_runway_months", "as_of_day", b"as_of_day", "balance_minutes", b"balance_minutes", "beyond_shares_minutes", b"beyond_shares_minutes", "cap_minutes", b"cap_minutes", "cap_period", b"cap_period", "cap_period_first_day", b"cap_period_first_day", "committed_minutes", b"committed_minutes", "contributed_minutes", b"contributed_minutes", "contributors", b"contributors", "contributors_total", b"contributors_total", "granted_minutes", b"granted_minutes", "members", b"members", "members_total", b"members_total", "months", b"months", "pledged_minutes", b"pledged_minutes", "pool_account_id", b"pool_account_id", "recent_granted_minutes", b"recent_granted_minutes", "remaining_minutes", b"remaining_minutes", "runway_months", b"runway_months", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap_minutes: _TypeAlias = _typing.Literal["cap_minutes"]  # noqa: Y015
+    _WhichOneofArgType__cap_minutes: _TypeAlias = _typing.Literal["_cap_minutes", b"_cap_minutes"]  # noqa: Y015
+    _WhichOneofReturnType__runway_months: _TypeAlias = _typing.Literal["runway_months"]  # noqa: Y015
+    _WhichOneofArgType__runway_months: _TypeAlias = _typing.Literal["_runway_months", b"_runway_months"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_minutes) -> _WhichOneofReturnType__cap_minutes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__runway_months) -> _WhichOneofReturnType__runway_months | None: ...
+
+Global___PoolBudget: _TypeAlias = PoolBudget  # noqa: Y015
+
+@_typing.final
+class PoolBudgetMonth(_message.Message):
+    """One calendar month of a pool's budget (in the pool's time zone), net of reversals (a
+    reversal counts in its original's month).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    CONTRIBUTED_MINUTES_FIELD_NUMBER: _builtins.int
+    GRANTED_MINUTES_FIELD_NUMBER: _builtins.int
+    PLEDGED_MINUTES_FIELD_NUMBER: _builtins.int
+    COMMITTED_MINUTES_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """YYYY-MM."""
+    contributed_minutes: _builtins.int
+    """Posted into the pool in the month (contributions, posted pledges)."""
+    granted_minutes: _builtins.int
+    """Posted grants, in the month of the day they were requested on (as their cap counts them)."""
+    pledged_minutes: _builtins.int
+    """Pledges made in the month and still open."""
+    committed_minutes: _builtins.int
+    """Grant requests made in the month and still open."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        contributed_minutes: _builtins.int = ...,
+        granted_minutes: _builtins.int = ...,
+        pledged_minutes: _builtins.int = ...,
+        committed_minutes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_minutes", b"committed_minutes", "contributed_minutes", b"contributed_minutes", "granted_minutes", b"granted_minutes", "month", b"month", "pledged_minutes", b"pledged_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolBudgetMonth: _TypeAlias = PoolBudgetMonth  # noqa: Y015
+
+@_typing.final
+class PoolMemberUsage(_message.Message):
+    """A member's use of their cap in the current cap period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    USED_MINUTES_FIELD_NUMBER: _builtins.int
+    CAP_LEFT_MINUTES_FIELD_NUMBER: _builtins.int
+    member_account_id: _builtins.str
+    used_minutes: _builtins.int
+    """Granted, or reserved by open requests, in the cap period."""
+    cap_left_minutes: _builtins.int
+    """What the cap still allows them in it; unset when the pool has no cap."""
+    def __init__(
+        self,
+        *,
+        member_account_id: _builtins.str = ...,
+        used_minutes: _builtins.int = ...,
+        cap_left_minutes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_left_minutes", b"_cap_left_minutes", "cap_left_minutes", b"cap_left_minutes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_left_minutes", b"_cap_left_minutes", "cap_left_minutes", b"cap_left_minutes", "member_account_id", b"member_account_id", "used_minutes", b"used_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap_left_minutes: _TypeAlias = _typing.Literal["cap_left_minutes"]  # noqa: Y015
+    _WhichOneofArgType__cap_left_minutes: _TypeAlias = _typing.Literal["_cap_left_minutes", b"_cap_left_minutes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_left_minutes) -> _WhichOneofReturnType__cap_left_minutes | None: ...
+
+Global___PoolMemberUsage: _TypeAlias = PoolMemberUsage  # noqa: Y015
+
+@_typing.final
+class PoolContributorShare(_message.Message):
+    """A contributor's share of the pool (GetPoolBudget says the rule)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRIBUTOR_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CONTRIBUTED_MINUTES_FIELD_NUMBER: _builtins.int
+    USED_MINUTES_FIELD_NUMBER: _builtins.int
+    LEFT_MINUTES_FIELD_NUMBER: _builtins.int
+    contributor_account_id: _builtins.str
+    contributed_minutes: _builtins.int
+    """Given to the pool, net of reversals."""
+    used_minutes: _builtins.int
+    """What grants drew from it: contributed_minutes - left_minutes."""
+    left_minutes: _builtins.int
+    """What the pool still holds for them."""
+    def __init__(
+        self,
+        *,
+        contributor_account_id: _builtins.str = ...,
+        contributed_minutes: _builtins.int = ...,
+        used_minutes: _builtins.int = ...,
+        left_minutes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributed_minutes", b"contributed_minutes", "contributor_account_id", b"contributor_account_id", "left_minutes", b"left_minutes", "used_minutes", b"used_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolContributorShare: _TypeAlias = PoolContributorShare  # noqa: Y015
+
+@_typing.final
 class ListGrantRequestsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -70,6 +70,11 @@ class PoolServiceStub:
                 request_serializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolRequest.SerializeToString,
                 response_deserializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolResponse.FromString,
                 _registered_method=True)
+        self.GetPoolBudget = channel.unary_unary(
+                '/timebank.ledger.v1.PoolService/GetPoolBudget',
+                request_serializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolBudgetRequest.SerializeToString,
+                response_deserializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolBudgetResponse.FromString,
+                _registered_method=True)
         self.ListGrantRequests = channel.unary_unary(
                 '/timebank.ledger.v1.PoolService/ListGrantRequests',
                 request_serializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.ListGrantRequestsRequest.SerializeToString,
@@ -190,6 +195,33 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPoolBudget(self, request, context):
+        """A pool's budget, from the budgets view (read-your-writes by min_position, as
+        LedgerViewService): its totals now, its figures per calendar month of its time zone
+        over [from_month, to_month], its members' use of their caps, and every contributor's
+        share. A pool is a pooled personal budget when several members give to it: each keeps a
+        visible share by this rule, to the minute:
+        - a contribution (or a posted pledge) adds to its contributor's share;
+        - a posted grant is drawn from the shares in proportion to what each has left when it
+        posts, in whole minutes by largest remainder, ties by account id;
+        - a grant's reversal gives back to each share what it took (no more than that share has
+        used; any rest in proportion to what each has used);
+        - a contribution's reversal takes its minutes back from its contributor's share, and
+        what grants already used of it from the other shares as a grant would;
+        - a pool whose floor lets it go below zero grants the excess beyond the shares
+        (beyond_shares_minutes); minutes coming in later repay that first.
+        So no share is negative, and the shares' left_minutes sum to the balance whenever it is
+        not negative (beyond_shares_minutes is what it is below zero).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE; UNAVAILABLE
+        VIEWS_NOT_SERVED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+        READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+        VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListGrantRequests(self, request, context):
         """A pool's grant requests in the order they were made, of one state or all (AIP-158).
         Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
@@ -249,6 +281,11 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.GetPool,
                     request_deserializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolRequest.FromString,
                     response_serializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolResponse.SerializeToString,
+            ),
+            'GetPoolBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPoolBudget,
+                    request_deserializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolBudgetRequest.FromString,
+                    response_serializer=timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolBudgetResponse.SerializeToString,
             ),
             'ListGrantRequests': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGrantRequests,
@@ -451,6 +488,33 @@ class PoolService:
             '/timebank.ledger.v1.PoolService/GetPool',
             timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolRequest.SerializeToString,
             timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPoolBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/timebank.ledger.v1.PoolService/GetPoolBudget',
+            timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolBudgetRequest.SerializeToString,
+            timebank_dot_ledger_dot_v1_dot_pools__pb2.GetPoolBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -130,6 +130,29 @@ class PoolServiceStub:
     Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
     INVALID_ID; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
     """
+    GetPoolBudget: _grpc.UnaryUnaryMultiCallable[_pools_pb2.GetPoolBudgetRequest, _pools_pb2.GetPoolBudgetResponse]
+    """A pool's budget, from the budgets view (read-your-writes by min_position, as
+    LedgerViewService): its totals now, its figures per calendar month of its time zone
+    over [from_month, to_month], its members' use of their caps, and every contributor's
+    share. A pool is a pooled personal budget when several members give to it: each keeps a
+    visible share by this rule, to the minute:
+    - a contribution (or a posted pledge) adds to its contributor's share;
+    - a posted grant is drawn from the shares in proportion to what each has left when it
+      posts, in whole minutes by largest remainder, ties by account id;
+    - a grant's reversal gives back to each share what it took (no more than that share has
+      used; any rest in proportion to what each has used);
+    - a contribution's reversal takes its minutes back from its contributor's share, and
+      what grants already used of it from the other shares as a grant would;
+    - a pool whose floor lets it go below zero grants the excess beyond the shares
+      (beyond_shares_minutes); minutes coming in later repay that first.
+    So no share is negative, and the shares' left_minutes sum to the balance whenever it is
+    not negative (beyond_shares_minutes is what it is below zero).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE; UNAVAILABLE
+    VIEWS_NOT_SERVED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+    READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+    VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
+    """
     ListGrantRequests: _grpc.UnaryUnaryMultiCallable[_pools_pb2.ListGrantRequestsRequest, _pools_pb2.ListGrantRequestsResponse]
     """A pool's grant requests in the order they were made, of one state or all (AIP-158).
     Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
@@ -225,6 +248,29 @@ class PoolServiceAsyncStub(PoolServiceStub):
     """A pool: its account, its policy in force and its open requests.
     Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
     INVALID_ID; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
+    """
+    GetPoolBudget: _aio.UnaryUnaryMultiCallable[_pools_pb2.GetPoolBudgetRequest, _pools_pb2.GetPoolBudgetResponse]  # type: ignore[assignment]
+    """A pool's budget, from the budgets view (read-your-writes by min_position, as
+    LedgerViewService): its totals now, its figures per calendar month of its time zone
+    over [from_month, to_month], its members' use of their caps, and every contributor's
+    share. A pool is a pooled personal budget when several members give to it: each keeps a
+    visible share by this rule, to the minute:
+    - a contribution (or a posted pledge) adds to its contributor's share;
+    - a posted grant is drawn from the shares in proportion to what each has left when it
+      posts, in whole minutes by largest remainder, ties by account id;
+    - a grant's reversal gives back to each share what it took (no more than that share has
+      used; any rest in proportion to what each has used);
+    - a contribution's reversal takes its minutes back from its contributor's share, and
+      what grants already used of it from the other shares as a grant would;
+    - a pool whose floor lets it go below zero grants the excess beyond the shares
+      (beyond_shares_minutes); minutes coming in later repay that first.
+    So no share is negative, and the shares' left_minutes sum to the balance whenever it is
+    not negative (beyond_shares_minutes is what it is below zero).
+    Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+    INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE; UNAVAILABLE
+    VIEWS_NOT_SERVED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+    READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+    VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
     """
     ListGrantRequests: _aio.UnaryUnaryMultiCallable[_pools_pb2.ListGrantRequestsRequest, _pools_pb2.ListGrantRequestsResponse]  # type: ignore[assignment]
     """A pool's grant requests in the order they were made, of one state or all (AIP-158).
@@ -360,6 +406,35 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         """A pool: its account, its policy in force and its open requests.
         Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
         INVALID_ID; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPoolBudget(
+        self,
+        request: _pools_pb2.GetPoolBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pools_pb2.GetPoolBudgetResponse, _abc.Awaitable[_pools_pb2.GetPoolBudgetResponse]]:
+        """A pool's budget, from the budgets view (read-your-writes by min_position, as
+        LedgerViewService): its totals now, its figures per calendar month of its time zone
+        over [from_month, to_month], its members' use of their caps, and every contributor's
+        share. A pool is a pooled personal budget when several members give to it: each keeps a
+        visible share by this rule, to the minute:
+        - a contribution (or a posted pledge) adds to its contributor's share;
+        - a posted grant is drawn from the shares in proportion to what each has left when it
+          posts, in whole minutes by largest remainder, ties by account id;
+        - a grant's reversal gives back to each share what it took (no more than that share has
+          used; any rest in proportion to what each has used);
+        - a contribution's reversal takes its minutes back from its contributor's share, and
+          what grants already used of it from the other shares as a grant would;
+        - a pool whose floor lets it go below zero grants the excess beyond the shares
+          (beyond_shares_minutes); minutes coming in later repay that first.
+        So no share is negative, and the shares' left_minutes sum to the balance whenever it is
+        not negative (beyond_shares_minutes is what it is below zero).
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE; UNAVAILABLE
+        VIEWS_NOT_SERVED; INVALID_ARGUMENT INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+        READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+        VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND, POOL_NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

@@ -50,6 +50,11 @@ class LedgerViewServiceStub:
                 request_serializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetBankReportRequest.SerializeToString,
                 response_deserializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetBankReportResponse.FromString,
                 _registered_method=True)
+        self.GetImpactReport = channel.unary_unary(
+                '/timebank.ledger.v1.LedgerViewService/GetImpactReport',
+                request_serializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetImpactReportRequest.SerializeToString,
+                response_deserializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetImpactReportResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerViewServiceServicer:
@@ -91,6 +96,20 @@ class LedgerViewServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImpactReport(self, request, context):
+        """Reads what a bank's exchanges did over a period of months ("measure what matters"):
+        reciprocity, breadth, newcomers, repeat exchanges, organisation and pool flows, and a
+        page of its members' and organisations' months (AIP-158). Bank admin and auditor keys.
+        Errors, in the order checked: INVALID_ARGUMENT FIELD_REQUIRED, FIELD_TOO_LONG,
+        INVALID_ID, INVALID_MONTH, INVALID_MONTH_RANGE, MONTH_RANGE_TOO_LARGE,
+        INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_MIN_POSITION; RESOURCE_EXHAUSTED
+        READS_WAITING_MAX_REACHED; FAILED_PRECONDITION POSITION_NOT_COMMITTED; UNAVAILABLE
+        VIEW_NOT_CAUGHT_UP; NOT_FOUND BANK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerViewServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +127,11 @@ def add_LedgerViewServiceServicer_to_server(servicer, server):
                     servicer.GetBankReport,
                     request_deserializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetBankReportRequest.FromString,
                     response_serializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetBankReportResponse.SerializeToString,
+            ),
+            'GetImpactReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImpactReport,
+                    request_deserializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetImpactReportRequest.FromString,
+                    response_serializer=timebank_dot_ledger_dot_v1_dot_views__pb2.GetImpactReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -192,6 +216,33 @@ class LedgerViewService:
             '/timebank.ledger.v1.LedgerViewService/GetBankReport',
             timebank_dot_ledger_dot_v1_dot_views__pb2.GetBankReportRequest.SerializeToString,
             timebank_dot_ledger_dot_v1_dot_views__pb2.GetBankReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImpactReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/timebank.ledger.v1.LedgerViewService/GetImpactReport',
+            timebank_dot_ledger_dot_v1_dot_views__pb2.GetImpactReportRequest.SerializeToString,
+            timebank_dot_ledger_dot_v1_dot_views__pb2.GetImpactReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
