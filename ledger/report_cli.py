@@ -9,6 +9,10 @@ TIMEBANK_LEDGER_API_KEY environment variable, else the bank's admin key in the k
 `serve` wrote on its first start. Without --csv it prints a summary; with it, CSV on
 standard output, a header and then one row per member or organisation per month with an
 exchange that stands (CSV_COLUMNS below; the proto's AccountImpact says what each means).
+
+An exchange is a transfer between two members or organisations: only those count in the
+people-centred figures and in the CSV's rows. Transfers with a pool (contributions, grants)
+show only in the pool flows; transfers with system or clearing accounts in neither.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ page_size = 1_000
 # The summary names this many newcomers at most (the CSV has every one).
 newcomers_listed_max = 20
 
-# month, account_id, kind (member or organisation), exchanges, given_minutes (paid to it,
-# as payee), received_minutes (paid by it, as payer), partners (distinct, in the month),
-# reciprocal (gave and received in the month: 1 or 0), to_members_minutes and
-# from_members_minutes (organisations: paid to members, paid by members), newcomer (1 in
-# the month of a member's first exchange), opened_on, first_exchange_on (YYYY-MM-DD) and
-# days_to_first_exchange (members only; empty for organisations).
+# Every column counts only exchanges with members and organisations (never transfers with
+# pools or system accounts): month, account_id, kind (member or organisation), exchanges,
+# given_minutes (paid to it, as payee), received_minutes (paid by it, as payer), partners
+# (distinct members and organisations, in the month), reciprocal (gave and received in the
+# month: 1 or 0), to_members_minutes and from_members_minutes (organisations: paid to
+# members, paid by members), newcomer (1 in the month of a member's first exchange),
+# opened_on, first_exchange_on (YYYY-MM-DD) and days_to_first_exchange (members only; empty
+# for organisations).
 CSV_COLUMNS = (
     "month",
     "account_id",
@@ -161,6 +167,8 @@ def summary_lines(bank_id: str, summary: Any, rows: list[Any], position: int) ->
     lines = [
         f"Impact of bank {bank_id}, {summary.from_month} to {summary.to_month}"
         f" (as of position {position})",
+        "Exchanges are between members and organisations; transfers with pools count only"
+        " as pool flows.",
         "",
         "Whole period:",
         *_figure_lines(summary.period),

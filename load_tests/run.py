@@ -73,8 +73,12 @@ from load_tests.workload import (
 # Targets of issue 3.
 unary_vs_echo_min = 0.90
 hot_vs_uniform_min = 0.95
-batch_transfers_per_second_min = 30_000
-half_peak_p99_ms_max = 20.0
+# Issue 9's targets: 1.5x a plain SQL ledger's unary rate, 40% of TigerBeetle's batch rate.
+uniform_transfers_per_second_min = 3_300
+batch_transfers_per_second_min = 45_000
+# p99 at half of the peak: unary calls, and batches of 100.
+half_peak_p99_ms_max = 10.0
+batch_half_peak_p99_ms_max = 20.0
 # A step keeps up when it achieves this share of the offered rate with no errors.
 achieved_ratio_min = 0.95
 
@@ -574,6 +578,10 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ),
         ratio("hot pool vs uniform, transfers/s", "pool", "uniform", transfers, hot_vs_uniform_min),
     ]
+    uniform, wanted = median("uniform", transfers), uniform_transfers_per_second_min
+    measured = "n/a" if uniform is None else f"{uniform:,.0f} ({uniform / wanted:.0%} of target)"
+    met = None if uniform is None else uniform >= wanted
+    rows.append(row("unary uniform, transfers/s", measured, uniform, f">= {wanted:,}", met))
     batch, wanted = median("batch", transfers), batch_transfers_per_second_min
     measured = "n/a" if batch is None else f"{batch:,.0f} ({batch / wanted:.0%} of target)"
     met = None if batch is None else batch >= wanted
@@ -582,14 +590,14 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         p99, rate = median(name, "half_p99_ms"), median(name, "half_calls_per_second")
         if p99 is not None and rate is not None:
             measured = f"{p99:.1f} ms at {rate:,.0f} calls/s"
-            wanted_ms = f"<= {half_peak_p99_ms_max:.0f} ms"
+            limit_ms = batch_half_peak_p99_ms_max if name == "batch" else half_peak_p99_ms_max
             rows.append(
                 row(
                     f"p99 at half peak: {name}",
                     measured,
                     p99,
-                    wanted_ms,
-                    p99 <= half_peak_p99_ms_max,
+                    f"<= {limit_ms:.0f} ms",
+                    p99 <= limit_ms,
                 )
             )
     uniform, naive = median("uniform", transfers), median("naive", transfers)

@@ -1,30 +1,43 @@
 """The reports projection's "measure what matters" tables (issue 11), applied in its batches.
 
 The reports projection (projections/reports.py) tells this part of every exchange it counts
-and every reversal it takes back, in log order, with the month it counts in; this part keeps,
-in the same transaction:
+and every reversal it takes back, in log order, with the month it counts in. This part sorts
+them by the kinds of the two accounts:
 
-- report_pairs: per pair of accounts (lower id, higher id): exchanges between them that stand
+- between *people* (both accounts of kind member or organisation): an exchange of service.
+  Only these count in the people-centred figures: minutes given and received, active and
+  reciprocal members, breadth, repeat pairs, newcomers' first exchange, and the minutes
+  exchanged those shares are relative to;
+- with a pool on either side (contributions, pledges posted, grants): only a pool flow;
+- anything else (with a system or clearing account, and no pool): none of these tables.
+
+and keeps, in the same transaction:
+
+- report_pairs: per pair of people (lower id, higher id): exchanges between them that stand
   (posted, not reversed), in either direction. An exchange is a *repeat* when its pair
   already had one standing when it was posted ("before" is the log's order, not the service
   date's).
-- report_exchange_facts: per exchange, the day it counts on and whether it was a repeat, so a
-  reversal takes back exactly what the exchange added.
-- report_partner_months: per month, member or organisation account, and partner: exchanges,
-  minutes given (as payee) and received (as payer). Breadth (distinct partners) and the
-  flows between organisations and members are sums over it.
-- report_impact_months: per month: repeat exchanges and their minutes.
-- report_member_days: per member and day: exchanges (the days a first exchange may move to
-  when the earliest is reversed).
+- report_exchange_facts: per exchange between people, the day it counts on and whether it
+  was a repeat, so a reversal takes back exactly what the exchange added.
+- report_partner_months: per month, member or organisation account, and partner (a member or
+  organisation): exchanges, minutes given (as payee) and received (as payer). Given,
+  received, reciprocity, breadth (distinct partners) and the flows between organisations and
+  members are sums over it.
+- report_impact_months: per month: exchanges between people and their minutes, and those of
+  them that were repeats.
+- report_member_days: per member and day: exchanges with people (the days a first exchange
+  may move to when the earliest is reversed).
 - report_member_firsts: per member: the day the account was opened (UTC), the day of its
-  first standing exchange ('' if none) and the days between (0 if the exchange is dated
-  before the opening).
-- report_pool_months: per month, pool and category: exchanges and minutes in and out.
+  first standing exchange with people ('' if none) and the days between (0 if the exchange
+  is dated before the opening).
+- report_pool_months: per month, pool and category: transfers and minutes in and out, whoever
+  the other account is.
 
 Like the rest of the projection, a batch loads what it needs with a few bulk queries at its
 end (kinds and first days of the accounts, pairs, facts of the exchanges reversed), replays
 its exchanges in order in memory, and writes deltas. Every row touched is written even with
-a zero delta, so the rows do not depend on how the history was cut into batches.
+a zero delta, so the rows do not depend on how the history was cut into batches; a reversal
+is sorted by the kinds of the original's accounts, so every figure is net of reversals.
 """
 
 from __future__ import annotations
@@ -50,7 +63,8 @@ IMPACT_DDL = (
     " given_minutes BIGINT NOT NULL, received_minutes BIGINT NOT NULL,"
     " PRIMARY KEY (bank_id, month, account_id, partner_account_id))",
     "CREATE TABLE IF NOT EXISTS report_impact_months ("
-    " bank_id TEXT NOT NULL, month TEXT NOT NULL, repeat_exchanges BIGINT NOT NULL,"
+    " bank_id TEXT NOT NULL, month TEXT NOT NULL, exchanges BIGINT NOT NULL,"
+    " minutes BIGINT NOT NULL, repeat_exchanges BIGINT NOT NULL,"
     " repeat_minutes BIGINT NOT NULL, PRIMARY KEY (bank_id, month))",
     "CREATE TABLE IF NOT EXISTS report_member_days ("
     " bank_id TEXT NOT NULL, account_id TEXT NOT NULL, day TEXT NOT NULL,"
@@ -80,8 +94,9 @@ IMPACT_TABLES = (
 MEMBER = "member"
 ORGANISATION = "organisation"
 POOL = "pool"
-# The kinds with a row per month and partner (the others only show as partners).
-_PARTNER_ROW_KINDS = frozenset({MEMBER, ORGANISATION})
+# People: the kinds whose transfers with each other are exchanges of service, the only ones
+# the people-centred figures count.
+PEOPLE_KINDS = frozenset({MEMBER, ORGANISATION})
 
 # Pairs per bulk look-up (two parameters each); chunks are padded to a power of two so
 # only a handful of distinct statements are ever prepared.
@@ -167,8 +182,8 @@ class ImpactBatch:
         self.partner_months: dict[tuple[str, str, str, str], list[int]] = defaultdict(
             lambda: [0, 0, 0]
         )
-        # (bank_id, month) -> [repeat_exchanges, repeat_minutes]
-        self.impact_months: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        # (bank_id, month) -> [exchanges, minutes, repeat_exchanges, repeat_minutes]
+        self.impact_months: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         # (bank_id, account_id, day) -> exchanges
         self.member_days: dict[tuple[str, str, str], int] = defaultdict(int)
         # (bank_id, month, pool, category) -> [in_exchanges, in_minutes, out_exchanges, out_..]
@@ -238,26 +253,30 @@ class ImpactBatch:
         self._write()
 
     def _load(self) -> None:
-        """Bulk look-ups, per bank: kinds and first days, pairs, facts of reversed exchanges."""
+        """Bulk look-ups, per bank: kinds and first days; then, for the exchanges between
+        people, pairs and the facts of those reversed."""
         loaded = self.loaded
         for (bank_id, account_id), (kind, day) in self.opened_accounts.items():
             loaded.kinds[(bank_id, account_id)] = kind
             if kind == MEMBER:
                 loaded.members[(bank_id, account_id)] = _Member(day, "", stored=False)
         accounts: dict[str, set[str]] = defaultdict(set)
+        for e in self.exchanges:
+            for account_id in (e.payer_account_id, e.payee_account_id):
+                if (e.bank_id, account_id) not in loaded.kinds:
+                    accounts[e.bank_id].add(account_id)
+        for bank_id, ids in accounts.items():
+            self._load_accounts(bank_id, sorted(ids))
         pairs: dict[str, set[tuple[str, str]]] = defaultdict(set)
         reversed_ids: dict[str, list[str]] = defaultdict(list)
         # A reversal of an exchange counted in this batch finds its facts in memory.
         counted = {(e.bank_id, e.transfer_id) for e in self.exchanges if e.sign > 0}
         for e in self.exchanges:
-            for account_id in (e.payer_account_id, e.payee_account_id):
-                if (e.bank_id, account_id) not in loaded.kinds:
-                    accounts[e.bank_id].add(account_id)
+            if not self._between_people(e):
+                continue
             pairs[e.bank_id].add(_pair(e.payer_account_id, e.payee_account_id))
             if e.sign < 0 and (e.bank_id, e.transfer_id) not in counted:
                 reversed_ids[e.bank_id].append(e.transfer_id)
-        for bank_id, ids in accounts.items():
-            self._load_accounts(bank_id, sorted(ids))
         for bank_id, keys in pairs.items():
             self._load_pairs(bank_id, sorted(keys))
         for bank_id, transfer_ids in reversed_ids.items():
@@ -305,6 +324,23 @@ class ImpactBatch:
 
     def _count(self, e: _Exchange) -> None:
         bank_id, sign = e.bank_id, e.sign
+        amount = sign * e.amount_minutes
+        payer_kind = self._kind(bank_id, e.payer_account_id)
+        payee_kind = self._kind(bank_id, e.payee_account_id)
+        if payer_kind == POOL:
+            flows = self.pool_months[(bank_id, e.month, e.payer_account_id, e.category)]
+            flows[2] += sign
+            flows[3] += amount
+        if payee_kind == POOL:
+            flows = self.pool_months[(bank_id, e.month, e.payee_account_id, e.category)]
+            flows[0] += sign
+            flows[1] += amount
+        if payer_kind in PEOPLE_KINDS and payee_kind in PEOPLE_KINDS:
+            self._count_between_people(e, amount)
+
+    def _count_between_people(self, e: _Exchange, amount: int) -> None:
+        """An exchange of service between two members or organisations, or its reversal."""
+        bank_id, sign = e.bank_id, e.sign
         pair = (bank_id, *_pair(e.payer_account_id, e.payee_account_id))
         standing = self.loaded.pairs.get(pair, 0) + self.pair_deltas[pair]
         key = (bank_id, e.transfer_id)
@@ -319,35 +355,27 @@ class ImpactBatch:
             assert e.day[:7] == e.month, f"transfer {e.transfer_id} counted in two months"
             assert standing > 0, f"pair of {e.transfer_id} has nothing standing to reverse"
         self.pair_deltas[pair] += sign
-        amount = sign * e.amount_minutes
-        repeats = self.impact_months[(bank_id, e.month)]
+        month = self.impact_months[(bank_id, e.month)]
+        month[0] += sign
+        month[1] += amount
         if repeat:
-            repeats[0] += sign
-            repeats[1] += amount
-        payer_kind = self._kind(bank_id, e.payer_account_id)
-        payee_kind = self._kind(bank_id, e.payee_account_id)
-        if payer_kind in _PARTNER_ROW_KINDS:
-            row = self.partner_months[(bank_id, e.month, e.payer_account_id, e.payee_account_id)]
-            row[0] += sign
-            row[2] += amount
-        if payee_kind in _PARTNER_ROW_KINDS:
-            row = self.partner_months[(bank_id, e.month, e.payee_account_id, e.payer_account_id)]
-            row[0] += sign
-            row[1] += amount
-        if payer_kind == POOL:
-            flows = self.pool_months[(bank_id, e.month, e.payer_account_id, e.category)]
-            flows[2] += sign
-            flows[3] += amount
-        if payee_kind == POOL:
-            flows = self.pool_months[(bank_id, e.month, e.payee_account_id, e.category)]
-            flows[0] += sign
-            flows[1] += amount
-        for account_id, kind in (
-            (e.payer_account_id, payer_kind),
-            (e.payee_account_id, payee_kind),
-        ):
-            if kind == MEMBER:
+            month[2] += sign
+            month[3] += amount
+        row = self.partner_months[(bank_id, e.month, e.payer_account_id, e.payee_account_id)]
+        row[0] += sign
+        row[2] += amount
+        row = self.partner_months[(bank_id, e.month, e.payee_account_id, e.payer_account_id)]
+        row[0] += sign
+        row[1] += amount
+        for account_id in (e.payer_account_id, e.payee_account_id):
+            if self._kind(bank_id, account_id) == MEMBER:
                 self._member_day(bank_id, account_id, e.day, sign)
+
+    def _between_people(self, e: _Exchange) -> bool:
+        return (
+            self._kind(e.bank_id, e.payer_account_id) in PEOPLE_KINDS
+            and self._kind(e.bank_id, e.payee_account_id) in PEOPLE_KINDS
+        )
 
     def _kind(self, bank_id: str, account_id: str) -> str:
         kind = self.loaded.kinds.get((bank_id, account_id))
@@ -394,8 +422,11 @@ class ImpactBatch:
             [(*key, *values) for key, values in self.partner_months.items()],
         )
         cursor.executemany(
-            "INSERT INTO report_impact_months (bank_id, month, repeat_exchanges, repeat_minutes)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (bank_id, month) DO UPDATE SET"
+            "INSERT INTO report_impact_months (bank_id, month, exchanges, minutes,"
+            " repeat_exchanges, repeat_minutes) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (bank_id, month) DO UPDATE SET"
+            " exchanges = report_impact_months.exchanges + excluded.exchanges,"
+            " minutes = report_impact_months.minutes + excluded.minutes,"
             " repeat_exchanges = report_impact_months.repeat_exchanges"
             " + excluded.repeat_exchanges,"
             " repeat_minutes = report_impact_months.repeat_minutes + excluded.repeat_minutes",

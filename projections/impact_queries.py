@@ -6,11 +6,18 @@ figures are net of reversals, and each read is one SQL statement, so it sees one
 state of the view. There are no floats: shares are in basis points (1/10,000), means and
 medians in hundredths, each rounded to the nearest (halves up).
 
+An *exchange* here is a transfer between people: both accounts are members or organisations
+(kinds `member`, `organisation`). Only exchanges count in the people-centred figures: minutes
+given and received, active and reciprocal members, breadth, repeat pairs, newcomers and the
+minutes exchanged. A transfer with a pool on either side (a contribution, a posted pledge, a
+grant) counts only in the pool flows (by pool and category); one with a system or clearing
+account and no pool counts in none of these figures. So a member who only gives to a pool
+and is granted minutes by one is not active, gave nothing and received nothing here.
+
 A member is *active* in a span with an exchange that stands in it; *reciprocal* when over
-the span it both gave (was paid, as payee) and received (paid, as payer) minutes; its
-*breadth* is how many distinct accounts it exchanged with. A *newcomer* of a span is a member
-whose first standing exchange counts on a day of it. Given and received count every exchange
-the account took part in, with members, organisations and pools alike.
+the span it both gave (was paid, as payee) and received (paid, as payer) minutes in
+exchanges; its *breadth* is how many distinct members and organisations it exchanged with. A
+*newcomer* of a span is a member whose first standing exchange counts on a day of it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class ImpactFigures:
     month: str
     active_members: int
     reciprocal_members: int
+    # Minutes of exchanges (between members and organisations).
     exchanged_minutes: int
     # Minutes of exchanges whose two accounts had one standing before (log order).
     repeat_pair_minutes: int
@@ -54,6 +62,7 @@ class ImpactFigures:
     # Paid by organisations to members (help members gave them), and by members to them.
     organisation_to_member_minutes: int
     member_to_organisation_minutes: int
+    # Minutes paid into pools and out of them, whoever the other account is.
     pool_in_minutes: int
     pool_out_minutes: int
 
@@ -105,7 +114,9 @@ class ImpactSummary:
 
 @dataclass(frozen=True, slots=True)
 class AccountImpact:
-    """One member's or organisation's month (only months with an exchange that stands)."""
+    """One member's or organisation's month (only months with an exchange that stands):
+    its exchanges with members and organisations, never its transfers with pools or system
+    accounts."""
 
     month: str
     account_id: str
@@ -155,33 +166,29 @@ def median_hundredths(histogram: Mapping[int, int]) -> int:
 # ----------------------------------------------------------------- the summary
 
 # One statement of parts, each row (part, month, key, key2, n1, n2, n3, n4). `{m}` binds
-# (bank, first month, last month), `{d}` (bank, first day, last day).
-_MEMBER_MONTHS = (
-    " FROM report_account_months m JOIN report_accounts a"
-    " ON a.bank_id = m.bank_id AND a.account_id = m.account_id"
-    " WHERE m.bank_id = ? AND m.month >= ? AND m.month <= ? AND m.exchanges > 0"
-    " AND a.kind = 'member'"
-)
+# (bank, first month, last month), `{d}` (bank, first day, last day). report_partner_months
+# holds exchanges between people only, so every member with a row there is active.
 _MEMBER_PARTNERS = (
     " FROM report_partner_months p JOIN report_accounts a"
     " ON a.bank_id = p.bank_id AND a.account_id = p.account_id"
     " WHERE p.bank_id = ? AND p.month >= ? AND p.month <= ? AND p.exchanges > 0"
     " AND a.kind = 'member'"
 )
-_RECIPROCAL = "SUM(CASE WHEN {g} > 0 AND {r} > 0 THEN 1 ELSE 0 END)"
+_RECIPROCAL = "SUM(CASE WHEN t.g > 0 AND t.r > 0 THEN 1 ELSE 0 END)"
 _SUMMARY_PARTS = (
     # 1: active and reciprocal members per month.
     (
-        "SELECT 1, m.month, '', '', COUNT(*),"
-        f" {_RECIPROCAL.format(g='m.given_minutes', r='m.received_minutes')}, 0, 0"
-        f"{_MEMBER_MONTHS} GROUP BY m.month",
+        f"SELECT 1, t.month, '', '', COUNT(*), {_RECIPROCAL}, 0, 0 FROM ("
+        " SELECT p.month, p.account_id, SUM(p.given_minutes) AS g,"
+        f" SUM(p.received_minutes) AS r{_MEMBER_PARTNERS} GROUP BY p.month, p.account_id) t"
+        " GROUP BY t.month",
         "m",
     ),
     # 2: the same over the whole period.
     (
-        f"SELECT 2, '', '', '', COUNT(*), {_RECIPROCAL.format(g='t.g', r='t.r')}, 0, 0 FROM ("
-        " SELECT m.account_id, SUM(m.given_minutes) AS g, SUM(m.received_minutes) AS r"
-        f"{_MEMBER_MONTHS} GROUP BY m.account_id) t",
+        f"SELECT 2, '', '', '', COUNT(*), {_RECIPROCAL}, 0, 0 FROM ("
+        " SELECT p.account_id, SUM(p.given_minutes) AS g, SUM(p.received_minutes) AS r"
+        f"{_MEMBER_PARTNERS} GROUP BY p.account_id) t",
         "m",
     ),
     # 3: how many members had n partners, per month.
@@ -198,29 +205,23 @@ _SUMMARY_PARTS = (
         f"{_MEMBER_PARTNERS} GROUP BY p.account_id) t GROUP BY t.partners",
         "m",
     ),
-    # 5: minutes exchanged per month.
+    # 5: minutes exchanged between people per month, and those of repeats.
     (
-        "SELECT 5, month, '', '', SUM(minutes), 0, 0, 0 FROM report_category_months"
-        " WHERE bank_id = ? AND month >= ? AND month <= ? GROUP BY month",
-        "m",
-    ),
-    # 6: repeat exchanges and minutes per month.
-    (
-        "SELECT 6, month, '', '', repeat_exchanges, repeat_minutes, 0, 0"
+        "SELECT 5, month, '', '', minutes, repeat_minutes, 0, 0"
         " FROM report_impact_months WHERE bank_id = ? AND month >= ? AND month <= ?",
         "m",
     ),
-    # 7: how many newcomers took n days to their first exchange, per month.
+    # 6: how many newcomers took n days to their first exchange, per month.
     (
-        "SELECT 7, SUBSTR(first_exchange_on, 1, 7), '', '', days_to_first_exchange, COUNT(*),"
+        "SELECT 6, SUBSTR(first_exchange_on, 1, 7), '', '', days_to_first_exchange, COUNT(*),"
         " 0, 0 FROM report_member_firsts"
         " WHERE bank_id = ? AND first_exchange_on >= ? AND first_exchange_on <= ?"
         " GROUP BY SUBSTR(first_exchange_on, 1, 7), days_to_first_exchange",
         "d",
     ),
-    # 8: per organisation and month: paid to members, paid by members.
+    # 7: per organisation and month: paid to members, paid by members.
     (
-        "SELECT 8, p.month, p.account_id, '', SUM(p.received_minutes), SUM(p.given_minutes),"
+        "SELECT 7, p.month, p.account_id, '', SUM(p.received_minutes), SUM(p.given_minutes),"
         " 0, 0 FROM report_partner_months p"
         " JOIN report_accounts o ON o.bank_id = p.bank_id AND o.account_id = p.account_id"
         " JOIN report_accounts q ON q.bank_id = p.bank_id"
@@ -229,9 +230,9 @@ _SUMMARY_PARTS = (
         " AND o.kind = 'organisation' AND q.kind = 'member' GROUP BY p.month, p.account_id",
         "m",
     ),
-    # 9: per pool and category over the period (the first 1,000 by pool and category).
+    # 8: per pool and category over the period (the first 1,000 by pool and category).
     (
-        "SELECT 9, '', t.pool_account_id, t.category, t.i, t.im, t.o, t.om FROM ("
+        "SELECT 8, '', t.pool_account_id, t.category, t.i, t.im, t.o, t.om FROM ("
         " SELECT pool_account_id, category, SUM(in_exchanges) AS i, SUM(in_minutes) AS im,"
         " SUM(out_exchanges) AS o, SUM(out_minutes) AS om FROM report_pool_months"
         " WHERE bank_id = ? AND month >= ? AND month <= ? GROUP BY pool_account_id, category"
@@ -239,9 +240,9 @@ _SUMMARY_PARTS = (
         f" ORDER BY pool_account_id, category LIMIT {pool_flows_per_report_max}) t",
         "m",
     ),
-    # 10: minutes into and out of pools per month.
+    # 9: minutes into and out of pools per month.
     (
-        "SELECT 10, month, '', '', SUM(in_minutes), SUM(out_minutes), 0, 0"
+        "SELECT 9, month, '', '', SUM(in_minutes), SUM(out_minutes), 0, 0"
         " FROM report_pool_months WHERE bank_id = ? AND month >= ? AND month <= ?"
         " GROUP BY month",
         "m",
@@ -271,13 +272,12 @@ class _Parts:
                 self.partners[month][n1] = n2
             elif part == 5:
                 self.minutes[month] = n1
-            elif part == 6:
                 self.repeats[month] = n2
-            elif part == 7:
+            elif part == 6:
                 self.days[month][n1] = n2
-            elif part == 8:
+            elif part == 7:
                 self.organisations[month][key] = (n1, n2)
-            elif part == 9:
+            elif part == 8:
                 self.pools.append(PoolFlows(key, key2, n1, n2, n3, n4))
             else:
                 self.pool_months[month] = (n1, n2)
@@ -345,26 +345,25 @@ def impact_summary(
 
 # ----------------------------------------------------------------- the accounts' months
 
+# report_partner_months holds exchanges between people only: an account month is the sum of
+# its rows with partners that stand.
 _ACCOUNTS_SQL = (
-    "SELECT m.month, m.account_id, a.kind, m.exchanges, m.given_minutes, m.received_minutes,"
-    " (SELECT COUNT(*) FROM report_partner_months p WHERE p.bank_id = m.bank_id"
-    "  AND p.month = m.month AND p.account_id = m.account_id AND p.exchanges > 0),"
-    " (SELECT SUM(p.received_minutes) FROM report_partner_months p JOIN report_accounts q"
-    "  ON q.bank_id = p.bank_id AND q.account_id = p.partner_account_id"
-    "  WHERE a.kind = 'organisation' AND p.bank_id = m.bank_id AND p.month = m.month"
-    "  AND p.account_id = m.account_id AND q.kind = 'member'),"
-    " (SELECT SUM(p.given_minutes) FROM report_partner_months p JOIN report_accounts q"
-    "  ON q.bank_id = p.bank_id AND q.account_id = p.partner_account_id"
-    "  WHERE a.kind = 'organisation' AND p.bank_id = m.bank_id AND p.month = m.month"
-    "  AND p.account_id = m.account_id AND q.kind = 'member'),"
+    "SELECT p.month, p.account_id, a.kind, SUM(p.exchanges), SUM(p.given_minutes),"
+    " SUM(p.received_minutes), COUNT(*),"
+    " SUM(CASE WHEN a.kind = 'organisation' AND q.kind = 'member'"
+    "  THEN p.received_minutes ELSE 0 END),"
+    " SUM(CASE WHEN a.kind = 'organisation' AND q.kind = 'member'"
+    "  THEN p.given_minutes ELSE 0 END),"
     " f.opened_on, f.first_exchange_on, f.days_to_first_exchange"
-    " FROM report_account_months m"
-    " JOIN report_accounts a ON a.bank_id = m.bank_id AND a.account_id = m.account_id"
-    " LEFT JOIN report_member_firsts f ON f.bank_id = m.bank_id AND f.account_id = m.account_id"
-    " WHERE m.bank_id = ? AND m.month >= ? AND m.month <= ? AND m.exchanges > 0"
-    " AND a.kind IN ('member', 'organisation')"
-    " AND (m.month > ? OR (m.month = ? AND m.account_id > ?))"
-    " ORDER BY m.month, m.account_id LIMIT ?"
+    " FROM report_partner_months p"
+    " JOIN report_accounts a ON a.bank_id = p.bank_id AND a.account_id = p.account_id"
+    " JOIN report_accounts q ON q.bank_id = p.bank_id AND q.account_id = p.partner_account_id"
+    " LEFT JOIN report_member_firsts f ON f.bank_id = p.bank_id AND f.account_id = p.account_id"
+    " WHERE p.bank_id = ? AND p.month >= ? AND p.month <= ? AND p.exchanges > 0"
+    " AND (p.month > ? OR (p.month = ? AND p.account_id > ?))"
+    " GROUP BY p.month, p.account_id, a.kind, f.opened_on, f.first_exchange_on,"
+    " f.days_to_first_exchange"
+    " ORDER BY p.month, p.account_id LIMIT ?"
 )
 
 
@@ -405,7 +404,8 @@ def accounts_page(
     page_token: str = "",
 ) -> tuple[list[AccountImpact], str]:
     """One page of member and organisation months (by month, then account id) with
-    exchanges that stand, and the next page's token ('' on the last page)."""
+    exchanges (with members and organisations) that stand, and the next page's token ('' on
+    the last page)."""
     check_id("bank_id", bank_id)
     months = report_months(from_month, to_month)
     size, (after_month, after_account) = accounts_cursor(

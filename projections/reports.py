@@ -423,7 +423,9 @@ class ReportsProjection:
 
     name = "reports"
     # 2: the "measure what matters" tables (impact.py); a view built by 1 is rebuilt.
-    schema_version = 2
+    # 3: those tables count only exchanges between members and organisations (transfers with
+    # pools are pool flows alone), and report_impact_months counts their minutes.
+    schema_version = 3
 
     def create_tables(self, cursor: Cursor) -> None:
         for statement in (*_DDL, *IMPACT_DDL):

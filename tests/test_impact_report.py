@@ -7,6 +7,11 @@ and rebuilt from event 1.
 The worked example: in March Riverside's members ana, ben and cas, the surgery (an
 organisation) and a garden pool open on the 1st; in April dan and eve join on the 2nd.
 Exchanges carry service dates, so each counts on a known day.
+
+The rule every figure follows: an exchange is a transfer between two members or
+organisations, and only exchanges count in the people-centred figures (active, given and
+received, reciprocal, partners, repeats, newcomers, minutes exchanged). A transfer with a
+pool counts only in the pool flows; one with a system account in none of the figures.
 """
 
 from __future__ import annotations
@@ -153,16 +158,20 @@ def figures(month: str, **values: int) -> ImpactFigures:
     return replace(zeros, **given)
 
 
+# Under the rule, cas's 40 minutes to the garden pool (t4) and the pool's 25-minute grant to
+# dan (t7) are pool flows only: neither counts as given, received, a partner or an exchange.
 MARCH = figures(
     "2025-03",
-    # ana, ben and cas; ana (gave 60, received 15) and cas (140, 40) both gave and received.
+    # ana, ben and cas; only ana (gave 60, received 15) both gave and received: cas gave 140
+    # but paid nobody but the pool, so is not reciprocal.
     active_members=3,
-    reciprocal_members=2,
-    exchanged_minutes=255,
+    reciprocal_members=1,
+    # t1 60, t3 120, t5 20, t6 15 (t2 was reversed; t4 went to the pool).
+    exchanged_minutes=215,
     # t2 was the only repeat, and it was reversed.
     repeat_pair_minutes=0,
-    # ana: ben, surgery; ben: ana, cas; cas: surgery, garden, ben.
-    partners_total=7,
+    # ana: ben, surgery; ben: ana, cas; cas: surgery, ben (the pool is no partner).
+    partners_total=6,
     partners_median_hundredths=200,
     # ana and ben on the 3rd (2 days), cas on the 5th (4 days).
     newcomers=3,
@@ -173,14 +182,16 @@ MARCH = figures(
 )
 APRIL_FIGURES = figures(
     "2025-04",
-    # ana, ben, cas, dan (eve's exchange was reversed); cas and dan gave and received.
+    # ana, ben, cas, dan (eve's exchange was reversed); only cas gave (40, to dan) and
+    # received (paid the surgery 30): dan's 25-minute grant is not given.
     active_members=4,
-    reciprocal_members=2,
-    exchanged_minutes=190,
+    reciprocal_members=1,
+    # t8 50, t9 45, t10 30, h1 40 (t11 was reversed; t7 came from the pool).
+    exchanged_minutes=165,
     # t9 (ana and ben had t1 and t2 standing) and t10 (cas and the surgery had t3).
     repeat_pair_minutes=75,
-    # ana: dan, ben; ben: ana; cas: surgery, dan; dan: garden, ana, cas.
-    partners_total=8,
+    # ana: dan, ben; ben: ana; cas: surgery, dan; dan: ana, cas.
+    partners_total=7,
     partners_median_hundredths=200,
     # dan, on the 5th, three days after joining; eve has no exchange that stands.
     newcomers=1,
@@ -191,13 +202,14 @@ APRIL_FIGURES = figures(
 PERIOD = figures(
     "",
     active_members=4,
-    # Over both months ana gave and received too; ben only received.
-    reciprocal_members=3,
-    exchanged_minutes=445,
+    # Over both months ana (gave 155, received 15) and cas (gave 180, received 30); ben and
+    # dan only received.
+    reciprocal_members=2,
+    exchanged_minutes=380,
     repeat_pair_minutes=75,
-    # ana 3, ben 2, cas 4, dan 3.
-    partners_total=12,
-    partners_median_hundredths=300,
+    # ana 3 (ben, surgery, dan), ben 2 (ana, cas), cas 3 (surgery, ben, dan), dan 2 (ana, cas).
+    partners_total=10,
+    partners_median_hundredths=250,
     # 2, 2, 4 and 3 days: the median is 2.5.
     newcomers=4,
     days_to_first_exchange_median_hundredths=250,
@@ -239,13 +251,15 @@ ROWS = [
     # month, account: exchanges, given, received, partners
     member("2025-03", "ana", 2, 60, 15, 2, opened=MAR1, first="2025-03-03"),
     member("2025-03", "ben", 2, 0, 80, 2, opened=MAR1, first="2025-03-03"),
-    member("2025-03", "cas", 3, 140, 40, 3, opened=MAR1, first="2025-03-05"),
+    # cas: t3 and t5; t4 (40 to the pool) is not in cas's month.
+    member("2025-03", "cas", 2, 140, 0, 2, opened=MAR1, first="2025-03-05"),
     organisation("2025-03", 2, 15, 120, 2, 120, 15),
     member("2025-04", "ana", 2, 95, 0, 2, opened=MAR1, first="2025-03-03"),
     # t11 was counted and taken back: ben's April has t9 alone.
     member("2025-04", "ben", 1, 0, 45, 1, opened=MAR1, first="2025-03-03"),
     member("2025-04", "cas", 2, 40, 30, 2, opened=MAR1, first="2025-03-05"),
-    member("2025-04", "dan", 3, 25, 90, 3, opened=APR2, first="2025-04-05"),
+    # dan: t8 and h1; the pool's grant (t7) is not in dan's month.
+    member("2025-04", "dan", 2, 0, 90, 2, opened=APR2, first="2025-04-05"),
     organisation("2025-04", 1, 30, 0, 1, 0, 30),
 ]
 
@@ -270,16 +284,19 @@ def test_worked_example(
     tell_story(ledger, clock, runner.run_until_caught_up)
     check_story(views)
 
-    # The shares, means and medians, worked out: 2 of 3 members reciprocal in March is
-    # 6,667 basis points; 75 of 190 minutes repeats in April, 3,947; a mean of 7/3 partners
-    # is 2.33.
+    # The shares, means and medians, worked out: 1 of 3 members reciprocal in March is
+    # 3,333 basis points; 75 of 165 minutes repeats in April, 4,545 (75 of 380 over the
+    # period, 1,974); 2 of 4 reciprocal over the period, 5,000; means of 6/3 partners in
+    # March, 7/4 in April and 10/4 over the period.
     summary = impact_summary(views, BANK, *MONTHS)
     march, april = summary.months
-    assert march.reciprocal_members_share_basis_points == 6667
-    assert april.repeat_pair_minutes_share_basis_points == 3947
-    assert summary.period.repeat_pair_minutes_share_basis_points == 1685
-    assert summary.period.reciprocal_members_share_basis_points == 7500
-    assert (march.partners_mean_hundredths, summary.period.partners_mean_hundredths) == (233, 300)
+    assert march.reciprocal_members_share_basis_points == 3333
+    assert april.reciprocal_members_share_basis_points == 2500
+    assert april.repeat_pair_minutes_share_basis_points == 4545
+    assert summary.period.repeat_pair_minutes_share_basis_points == 1974
+    assert summary.period.reciprocal_members_share_basis_points == 5000
+    assert (march.partners_mean_hundredths, april.partners_mean_hundredths) == (200, 175)
+    assert summary.period.partners_mean_hundredths == 250
     newcomers = [row for row in ROWS if row.newcomer]
     assert [(r.account_id, r.days_to_first_exchange) for r in newcomers] == [
         ("ana", 2),
@@ -287,10 +304,8 @@ def test_worked_example(
         ("cas", 4),
         ("dan", 3),
     ]
-    assert [row.account_id for row in ROWS if row.reciprocal and row.month == "2025-04"] == [
-        "cas",
-        "dan",
-    ]
+    # dan was granted 25 minutes by the pool and paid 90: not reciprocal.
+    assert [row.account_id for row in ROWS if row.reciprocal and row.month == "2025-04"] == ["cas"]
 
     # One month alone, and a month without exchanges, which shows zeros.
     april_only = impact_summary(views, BANK, "2025-04", "2025-04")
@@ -384,6 +399,66 @@ def test_reversed_first_exchanges_move_the_first_day(
     assert snapshot(views) == before
 
 
+def test_transfers_with_pools_and_system_accounts_are_not_exchanges(
+    store_url: str, make_ledger: MakeLedger, clock: Clock, views: ViewDatabase
+) -> None:
+    ledger = make_ledger(store_url)
+    runner = ProjectionRunner(ledger.store, views, ReportsProjection())
+    bank = Bank(ledger)
+    bank.open("ida", "jo")
+    bank.open("pot", kind="pool")
+    bank.open("fees", kind="system")
+    # ida only gives 40 minutes to the pot and is granted 25 from it; she pays the system
+    # account 5 and it pays jo 7. Nobody has helped anybody.
+    bank.pay("c1", "ida", "pot", 40, "2025-03-04", "garden")
+    bank.pay("g1", "pot", "ida", 25, "2025-03-11", "garden")
+    bank.pay("s1", "ida", "fees", 5, "2025-03-12")
+    bank.pay("s2", "fees", "jo", 7, "2025-03-13")
+    runner.run_until_caught_up()
+    summary = impact_summary(views, BANK, "2025-03", "2025-03")
+    # Not active, not reciprocal, no partner, no newcomer: only the pool flows show, both ways.
+    assert summary.period == figures("", pool_in_minutes=40, pool_out_minutes=25)
+    assert summary.months == [figures("2025-03", pool_in_minutes=40, pool_out_minutes=25)]
+    assert summary.pools == [PoolFlows("pot", "garden", 1, 40, 1, 25)]
+    assert summary.organisations == []
+    assert all_rows(views, "2025-03", "2025-03", page_size=0) == []
+    firsts = views.query(
+        "SELECT account_id, first_exchange_on FROM report_member_firsts WHERE bank_id = ?",
+        (BANK,),
+    )
+    assert sorted(firsts) == [("ida", ""), ("jo", "")]
+
+    # jo then helps ida for half an hour: ida's first exchange, and she only received.
+    bank.pay("e1", "ida", "jo", 30, "2025-03-20")
+    # Taking the grant back changes the pool's flows alone.
+    bank.reverse("g1")
+    runner.run_until_caught_up()
+    summary = impact_summary(views, BANK, "2025-03", "2025-03")
+    assert summary.period == figures(
+        "",
+        active_members=2,
+        exchanged_minutes=30,
+        partners_total=2,
+        partners_median_hundredths=100,
+        newcomers=2,
+        days_to_first_exchange_median_hundredths=1900,
+        pool_in_minutes=40,
+    )
+    assert summary.pools == [PoolFlows("pot", "garden", 1, 40, 0, 0)]
+    assert all_rows(views, "2025-03", "2025-03", page_size=0) == [
+        member("2025-03", "ida", 1, 0, 30, 1, opened=MAR1, first="2025-03-20"),
+        member("2025-03", "jo", 1, 30, 0, 1, opened=MAR1, first="2025-03-20"),
+    ]
+
+    # Rebuilt from event 1, and in batches of one, the rows are the same.
+    before = snapshot(views)
+    for batch_max in (1000, 1):
+        rebuilt = ProjectionRunner(ledger.store, views, ReportsProjection(), batch_max=batch_max)
+        rebuilt.reset()
+        rebuilt.run_until_caught_up()
+        assert snapshot(views) == before
+
+
 def test_pages_of_account_months(
     store_url: str, make_ledger: MakeLedger, clock: Clock, views: ViewDatabase
 ) -> None:
@@ -429,7 +504,15 @@ def test_medians() -> None:
 
 # ----------------------------------------------------------------- random histories
 
-ACCOUNTS = {"m0": "member", "m1": "member", "m2": "member", "o0": "organisation", "p0": "pool"}
+ACCOUNTS = {
+    "m0": "member",
+    "m1": "member",
+    "m2": "member",
+    "o0": "organisation",
+    "p0": "pool",
+    "s0": "system",
+}
+PEOPLE = frozenset({"member", "organisation"})
 DAYS = ("2025-02-27", "2025-03-01", "2025-03-15", "2025-04-01", "")
 
 
@@ -443,7 +526,9 @@ class Standing:
 
 
 class Model:
-    """What the figures must be, worked out from the exchanges that stand."""
+    """What the figures must be, worked out from the transfers that stand: the people-centred
+    figures from those between members and organisations, the pool flows from those with
+    the pool; those with the system account count in neither."""
 
     def __init__(self, opened_on: str) -> None:
         self.opened_on = opened_on
@@ -463,9 +548,13 @@ class Model:
     def in_span(self, months: list[str]) -> list[Standing]:
         return [e for e in self.exchanges.values() if e.day[:7] in months]
 
+    @staticmethod
+    def between_people(e: Standing) -> bool:
+        return ACCOUNTS[e.payer] in PEOPLE and ACCOUNTS[e.payee] in PEOPLE
+
     def first_days(self) -> dict[str, str]:
         firsts: dict[str, str] = {}
-        for e in self.exchanges.values():
+        for e in filter(self.between_people, self.exchanges.values()):
             for account_id in (e.payer, e.payee):
                 if ACCOUNTS[account_id] == "member":
                     firsts[account_id] = min(firsts.get(account_id, e.day), e.day)
@@ -473,10 +562,11 @@ class Model:
 
     def figures(self, month: str, months: list[str]) -> ImpactFigures:
         span = self.in_span(months)
+        people = [e for e in span if self.between_people(e)]
         given: dict[str, int] = defaultdict(int)
         received: dict[str, int] = defaultdict(int)
         partners: dict[str, set[str]] = defaultdict(set)
-        for e in span:
+        for e in people:
             given[e.payee] += e.minutes
             received[e.payer] += e.minutes
             partners[e.payer].add(e.payee)
@@ -502,8 +592,8 @@ class Model:
             month=month,
             active_members=len(members),
             reciprocal_members=sum(1 for a in members if given[a] and received[a]),
-            exchanged_minutes=sum(e.minutes for e in span),
-            repeat_pair_minutes=sum(e.minutes for e in span if e.repeat),
+            exchanged_minutes=sum(e.minutes for e in people),
+            repeat_pair_minutes=sum(e.minutes for e in people if e.repeat),
             partners_total=sum(len(partners[a]) for a in members),
             partners_median_hundredths=median_hundredths(histogram),
             newcomers=sum(days.values()),
@@ -513,6 +603,50 @@ class Model:
             pool_in_minutes=sum(e.minutes for e in span if ACCOUNTS[e.payee] == "pool"),
             pool_out_minutes=sum(e.minutes for e in span if ACCOUNTS[e.payer] == "pool"),
         )
+
+    def rows(self, months: list[str]) -> list[AccountImpact]:
+        """The member and organisation months, by month and account."""
+        firsts = self.first_days()
+        rows: list[AccountImpact] = []
+        for month in months:
+            numbers: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+            partners: dict[str, set[str]] = defaultdict(set)
+            for e in filter(self.between_people, self.in_span([month])):
+                payer, payee = numbers[e.payer], numbers[e.payee]
+                payer[0] += 1
+                payer[2] += e.minutes
+                payee[0] += 1
+                payee[1] += e.minutes
+                partners[e.payer].add(e.payee)
+                partners[e.payee].add(e.payer)
+                if (ACCOUNTS[e.payer], ACCOUNTS[e.payee]) == ("organisation", "member"):
+                    payer[3] += e.minutes
+                if (ACCOUNTS[e.payer], ACCOUNTS[e.payee]) == ("member", "organisation"):
+                    payee[4] += e.minutes
+            for account_id in sorted(numbers):
+                exchanges, given, received, to_members, from_members = numbers[account_id]
+                kind = ACCOUNTS[account_id]
+                opened, first, days = "", "", 0
+                if kind == "member":
+                    opened, first = self.opened_on, firsts[account_id]
+                    days = max(0, (date.fromisoformat(first) - date.fromisoformat(opened)).days)
+                rows.append(
+                    AccountImpact(
+                        month,
+                        account_id,
+                        kind,
+                        exchanges,
+                        given,
+                        received,
+                        len(partners[account_id]),
+                        to_members,
+                        from_members,
+                        opened,
+                        first,
+                        days,
+                    )
+                )
+        return rows
 
 
 @dataclass(frozen=True)
@@ -605,6 +739,7 @@ def test_random_histories_match_the_model_in_any_cut(steps: list[Pay | Reverse |
         summary = impact_summary(views, BANK, months[0], months[-1])
         assert summary.period == model.figures("", months)
         assert summary.months == [model.figures(month, [month]) for month in months]
+        assert all_rows(views, months[0], months[-1], page_size=3) == model.rows(months)
         live = snapshot(views)
         rebuilt = ProjectionRunner(ledger.store, views, ReportsProjection())
         rebuilt.reset()

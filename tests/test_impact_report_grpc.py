@@ -3,7 +3,8 @@ report` (text and CSV) against it. On the in-memory, SQLite and PostgreSQL store
 
 Riverside in January and February 2026: members ana, ben and cas, the surgery (an
 organisation) and a garden pool. Reads pass the last write's position as `min_position`,
-so they see every write without sleeping.
+so they see every write without sleeping. Transfers with the pool (ben's contribution, cas's
+grant) show as pool flows only, never as minutes given or received.
 """
 
 from __future__ import annotations
@@ -90,24 +91,26 @@ def test_impact_report_over_grpc(riverside: tuple[Served, int]) -> None:
     read = impact(served.views, min_position=last)
     assert read.position >= last
     period = read.summary.period
-    # ana, ben and cas were active; all three gave and received over the two months.
-    assert (period.active_members, period.reciprocal_members) == (3, 3)
-    assert period.reciprocal_members_share_basis_points == 10_000
-    # 195 minutes stand; f1 (45) repeats ana and ben's pair.
-    assert (period.exchanged_minutes, period.repeat_pair_minutes) == (195, 45)
-    assert period.repeat_pair_minutes_share_basis_points == 2308
-    # ana: surgery, ben; ben: ana, garden; cas: garden, surgery.
-    assert (period.partners, period.partners_median_hundredths) == (6, 200)
+    # ana, ben and cas were active; ana and ben gave and received over the two months, cas
+    # only received (the pool's 15-minute grant is not given).
+    assert (period.active_members, period.reciprocal_members) == (3, 2)
+    assert period.reciprocal_members_share_basis_points == 6667
+    # 160 minutes stand between people (j1, j2, f1, f3); f1 (45) repeats ana and ben's pair.
+    assert (period.exchanged_minutes, period.repeat_pair_minutes) == (160, 45)
+    assert period.repeat_pair_minutes_share_basis_points == 2813
+    # ana: surgery, ben; ben: ana; cas: surgery (the pool is nobody's partner).
+    assert (period.partners, period.partners_median_hundredths) == (4, 100)
     assert (period.newcomers, period.organisation_to_member_minutes) == (3, 60)
     assert (period.member_to_organisation_minutes, period.pool_in_minutes) == (25, 20)
     assert period.pool_out_minutes == 15
     january, february = read.summary.months
+    # In January ben gave (to ana) and paid only the pool: ana alone gave and received.
     assert (january.month, january.active_members, january.reciprocal_members) == (
         "2026-01",
         2,
-        2,
+        1,
     )
-    assert (february.active_members, february.reciprocal_members) == (3, 1)
+    assert (february.active_members, february.reciprocal_members) == (3, 0)
     (surgery,) = read.summary.organisations
     assert (surgery.account_id, surgery.to_members_minutes, surgery.from_members_minutes) == (
         "surgery",
@@ -120,18 +123,19 @@ def test_impact_report_over_grpc(riverside: tuple[Served, int]) -> None:
     rows = [(r.month, r.account_id, r.given_minutes, r.received_minutes) for r in read.accounts]
     assert rows == [
         ("2026-01", "ana", 60, 30),
-        ("2026-01", "ben", 30, 20),
+        ("2026-01", "ben", 30, 0),
         ("2026-01", "surgery", 0, 60),
         ("2026-02", "ana", 45, 0),
         ("2026-02", "ben", 0, 45),
-        ("2026-02", "cas", 15, 25),
+        ("2026-02", "cas", 0, 25),
         ("2026-02", "surgery", 25, 0),
     ]
     assert read.accounts[0].kind == pb.ACCOUNT_KIND_MEMBER
     assert read.accounts[2].kind == pb.ACCOUNT_KIND_ORGANISATION
     assert (read.accounts[2].to_members_minutes, read.accounts[2].from_members_minutes) == (60, 0)
     newcomers = [(r.account_id, r.first_exchange_on) for r in read.accounts if r.newcomer]
-    assert newcomers == [("ana", "2026-01-05"), ("ben", "2026-01-12"), ("cas", "2026-02-03")]
+    # cas's first exchange is with the surgery on the 4th, not the pool's grant on the 3rd.
+    assert newcomers == [("ana", "2026-01-05"), ("ben", "2026-01-12"), ("cas", "2026-02-04")]
     assert read.next_page_token == ""
 
     # Pages of three: the summary comes with the first page only.
@@ -258,11 +262,11 @@ def test_report_command_writes_csv_and_a_summary(
     code, out, _ = run_report(served, key_file, capsys, *months)
     assert code == 0
     assert "Impact of bank riverside, 2026-01 to 2026-02" in out
-    assert "active members 3; giving and receiving 3 (100.00%)" in out
-    assert "minutes exchanged 195; between partners who had exchanged before 45 (23.08%)" in out
+    assert "active members 3; giving and receiving 2 (66.67%)" in out
+    assert "minutes exchanged 160; between partners who had exchanged before 45 (28.13%)" in out
     assert "  surgery: 60 / 25" in out
     assert "  garden [garden]: 20 / 15" in out
-    assert "  cas: 2026-02-03, 339" in out
+    assert "  cas: 2026-02-04, 340" in out
 
     # The key may come from the environment, or from the keys file `serve` wrote.
     monkeypatch.delenv(api_key_variable, raising=False)

@@ -485,9 +485,14 @@ Global___BankReport: _TypeAlias = BankReport  # noqa: Y015
 @_typing.final
 class ImpactFigures(_message.Message):
     """What a bank's exchanges did over one month, or over a whole period. Every figure counts
-    exchanges that stand (posted, not reversed) in the months they count in (as
-    MonthFigures). Shares are in basis points (1/10,000), means and medians in hundredths,
-    each rounded to the nearest (halves up); a share or mean over nothing is 0.
+    transfers that stand (posted, not reversed) in the months they count in (as
+    MonthFigures). An *exchange* here is a transfer between people: both accounts are members
+    or organisations (ACCOUNT_KIND_MEMBER, ACCOUNT_KIND_ORGANISATION). Only exchanges count in
+    the people-centred figures (fields 2 to 14); a transfer with a pool on either side
+    (contribution, posted pledge, grant) counts only in the pool flows (15, 16); one with a
+    system or clearing account and no pool counts in none of them. Shares are in basis
+    points (1/10,000), means and medians in hundredths, each rounded to the nearest (halves
+    up); a share or mean over nothing is 0.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -511,16 +516,18 @@ class ImpactFigures(_message.Message):
     month: _builtins.str
     """The month, YYYY-MM; empty for the whole period."""
     active_members: _builtins.int
-    """Members with at least one exchange."""
+    """Members with at least one exchange (with a member or organisation)."""
     reciprocal_members: _builtins.int
     """Active members who both gave (were paid, as payee) and received (paid, as payer)
-    minutes: over the whole period for the period's figures, so a member who gave in one
-    month and received in another counts there.
+    minutes in exchanges: over the whole period for the period's figures, so a member who
+    gave in one month and received in another counts there.
     """
     reciprocal_members_share_basis_points: _builtins.int
     """reciprocal_members / active_members, in basis points (0 to 10,000)."""
     exchanged_minutes: _builtins.int
-    """Minutes exchanged (all accounts)."""
+    """Minutes exchanged between members and organisations (not with pools or system
+    accounts).
+    """
     repeat_pair_minutes: _builtins.int
     """Minutes of exchanges between two accounts that already had an exchange standing
     between them (either way round) when this one was posted, in the order the ledger
@@ -529,13 +536,17 @@ class ImpactFigures(_message.Message):
     repeat_pair_minutes_share_basis_points: _builtins.int
     """repeat_pair_minutes / exchanged_minutes, in basis points (0 to 10,000)."""
     partners: _builtins.int
-    """Breadth: distinct accounts each active member exchanged with, added up over them."""
+    """Breadth: distinct members and organisations each active member exchanged with, added up
+    over them.
+    """
     partners_median_hundredths: _builtins.int
     """The median number of distinct partners of an active member, in hundredths."""
     partners_mean_hundredths: _builtins.int
     """The mean number of distinct partners of an active member, in hundredths."""
     newcomers: _builtins.int
-    """Members whose first exchange counts in the month (or the period)."""
+    """Members whose first exchange (with a member or organisation) counts in the month (or
+    the period).
+    """
     days_to_first_exchange_median_hundredths: _builtins.int
     """The median of the newcomers' whole days from opening (UTC) to the day their first
     exchange counts on (0 for one dated before the opening), in hundredths.
@@ -545,9 +556,9 @@ class ImpactFigures(_message.Message):
     member_to_organisation_minutes: _builtins.int
     """Minutes members paid to organisations (for help organisations gave them)."""
     pool_in_minutes: _builtins.int
-    """Minutes paid into pools (contributions, posted pledges)."""
+    """Minutes paid into pools (contributions, posted pledges), from any account."""
     pool_out_minutes: _builtins.int
-    """Minutes paid out of pools (grants)."""
+    """Minutes paid out of pools (grants), to any account."""
     def __init__(
         self,
         *,
@@ -610,7 +621,9 @@ Global___OrganisationFlows: _TypeAlias = OrganisationFlows  # noqa: Y015
 
 @_typing.final
 class PoolFlows(_message.Message):
-    """Minutes into and out of one pool in one category over the period."""
+    """Minutes into and out of one pool in one category over the period, whoever paid or was
+    paid. These transfers are not exchanges: they count in no people-centred figure.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -625,11 +638,11 @@ class PoolFlows(_message.Message):
     category: _builtins.str
     """The transfers' category; empty for those recorded without one."""
     in_exchanges: _builtins.int
-    """Exchanges into the pool."""
+    """Transfers into the pool."""
     in_minutes: _builtins.int
     """Minutes paid into the pool."""
     out_exchanges: _builtins.int
-    """Exchanges out of the pool."""
+    """Transfers out of the pool."""
     out_minutes: _builtins.int
     """Minutes paid out of the pool."""
     def __init__(
@@ -706,7 +719,10 @@ Global___ImpactSummary: _TypeAlias = ImpactSummary  # noqa: Y015
 
 @_typing.final
 class AccountImpact(_message.Message):
-    """One member's or organisation's month with at least one exchange that stands."""
+    """One member's or organisation's month with at least one exchange that stands. Every figure
+    counts only its exchanges with members and organisations (see ImpactFigures): its
+    contributions to pools, grants from them and transfers with system accounts are not in it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -731,13 +747,15 @@ class AccountImpact(_message.Message):
     kind: _ledger_pb2.AccountKind.ValueType
     """ACCOUNT_KIND_MEMBER or ACCOUNT_KIND_ORGANISATION."""
     exchanges: _builtins.int
-    """Exchanges the account took part in (as payer or payee)."""
+    """Exchanges with members and organisations the account took part in (as payer or
+    payee).
+    """
     given_minutes: _builtins.int
     """Minutes the account was paid for help it gave (as payee)."""
     received_minutes: _builtins.int
     """Minutes the account paid for help it received (as payer)."""
     partners: _builtins.int
-    """Distinct accounts it exchanged with in the month."""
+    """Distinct members and organisations it exchanged with in the month."""
     reciprocal: _builtins.bool
     """True when it both gave and received in the month."""
     to_members_minutes: _builtins.int
@@ -745,7 +763,9 @@ class AccountImpact(_message.Message):
     from_members_minutes: _builtins.int
     """Organisations only (0 for members): minutes members paid to it in the month."""
     newcomer: _builtins.bool
-    """Members only: true in the month that holds the member's first exchange."""
+    """Members only: true in the month that holds the member's first exchange (with a member
+    or organisation).
+    """
     opened_on: _builtins.str
     """Members only: the day (UTC) the account was opened, YYYY-MM-DD; empty for organisations."""
     first_exchange_on: _builtins.str
@@ -1047,7 +1067,8 @@ class GetImpactReportResponse(_message.Message):
 
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountImpact]:
-        """Member and organisation months with exchanges, by month then account id (code point
+        """Member and organisation months with exchanges (with members and organisations; see
+        ImpactFigures), by month then account id (code point
         order). Later pages continue after the previous one; a month or account that gained
         its first exchange meanwhile appears only if it sorts after where the page ended.
         """
