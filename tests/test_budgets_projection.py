@@ -520,6 +520,9 @@ def test_any_history_cut_into_any_batches_gives_the_same_rows(
         pot = Pot(ledger, clock)
         pot.create("pot", one_approval(cap_minutes=None, floor_minutes=-200), -200)
         _play(pot, clock, commands)
+        # Requests past their deadline expire when the writer next runs (its sweeper may do
+        # it at any moment): a retry makes it expire them now, so the log stops growing.
+        pot.run(OpenAccount(account_id=MEMBERS[0], kind="member", lower_limit_minutes=-2000))
         rows = []
         for batch_max in (1000, *cuts):
             runner = ProjectionRunner(ledger.store, views, BudgetsProjection(), batch_max=batch_max)
