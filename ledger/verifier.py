@@ -392,13 +392,8 @@ _SCHEMAS: Final[Mapping[str, Mapping[str, tuple[type, ...]]]] = {
     # Pools (issue 11): a policy, and grant requests with their decisions. The minutes move
     # in the transfer and hold events around them; these only say what the transfer is.
     "PoolPolicySet": {"request_id": (str,), "pool_account_id": (str,), "policy": (dict,)},
-    "GrantRequested": {
-        "grant_id": (str,),
-        "pool_account_id": (str,),
-        "member_account_id": (str,),
-        "amount_minutes": (int,),
-        "period_day": (str,),
-    },
+    # Its items follow _GRANT_ITEM_SCHEMA.
+    "GrantsRequested": {"grants": (list,)},
     # request_id is "" when the decision settles the request (its hold event has the id).
     "GrantApproved": {"request_id": (str,), "grant_id": (str,), "approver": (str,)},
     "GrantRejected": {"request_id": (str,), "grant_id": (str,), "approver": (str,)},
@@ -412,6 +407,14 @@ _TRANSFER_ITEM_SCHEMA: Final[Mapping[str, tuple[type, ...]]] = {
     "amount_minutes": (int,),
     "pending": (bool,),
     "deadline": (str,),
+}
+# Each item of a GrantsRequested event.
+_GRANT_ITEM_SCHEMA: Final[Mapping[str, tuple[type, ...]]] = {
+    "grant_id": (str,),
+    "pool_account_id": (str,),
+    "member_account_id": (str,),
+    "amount_minutes": (int,),
+    "period_day": (str,),
 }
 
 
@@ -570,7 +573,7 @@ class Verifier:
             "MemberTokenKeyRemoved": self._member_token_key_removed,
             "BankPolicyChanged": self._policy_changed,
             "PoolPolicySet": self._pool_policy_set,
-            "GrantRequested": self._grant_requested,
+            "GrantsRequested": self._grants_requested,
             "GrantApproved": self._grant_decided,
             "GrantRejected": self._grant_decided,
         }
@@ -1167,9 +1170,19 @@ class Verifier:
         else:
             self._pool_policies[pool_id] = record.fields["policy"]
 
-    def _grant_requested(self, record: RecordedEvent, step: _Step) -> None:
+    def _grants_requested(self, record: RecordedEvent, step: _Step) -> None:
+        items = record.fields["grants"]
+        if not items:
+            self._report(step.version, Reason.MALFORMED_EVENT, "GrantsRequested has no grants")
+        for index, item in enumerate(items):
+            problem = _item_problem(item, _GRANT_ITEM_SCHEMA)
+            if problem:
+                self._report(step.version, Reason.MALFORMED_EVENT, f"grants[{index}]: {problem}")
+            else:
+                self._grant_requested(item, step)
+
+    def _grant_requested(self, f: Mapping[str, Any], step: _Step) -> None:
         """A grant names the transfer recorded for it: out of its pool, to its member."""
-        f = record.fields
         transfer = self._transfers.get(f["grant_id"])
         if transfer is None:
             self._report(step.version, Reason.UNKNOWN_TRANSFER, f"grant {f['grant_id']!r}")
@@ -1184,12 +1197,13 @@ class Verifier:
                 f"grant {f['grant_id']!r} does not match its transfer",
             )
         else:
-            self._check_grant(record, step)
+            self._check_grant(f, step)
 
-    def _check_grant(self, record: RecordedEvent, step: _Step) -> None:
+    def _check_grant(self, f: Mapping[str, Any], step: _Step) -> None:
         """The pool's balance less its pending grants is at or above the floor, and the
-        member's grants (pending or posted) in the cap's period within the cap."""
-        f = record.fields
+        member's grants (pending or posted) in the cap's period within the cap. Checked
+        after the event holding the grants' transfers: floors and caps hold after every
+        event (the bank checks each request on the state the ones before it left)."""
         policy = self._pool_policies.get(f["pool_account_id"], {})
         pool = self._accounts.get(f["pool_account_id"])
         try:
@@ -1352,11 +1366,13 @@ def _schema_problem(record: RecordedEvent) -> str:
     return ""
 
 
-def _item_problem(item: object) -> str:
-    """What is missing or mistyped in one created transfer ("" if nothing)."""
+def _item_problem(
+    item: object, schema: Mapping[str, tuple[type, ...]] = _TRANSFER_ITEM_SCHEMA
+) -> str:
+    """What is missing or mistyped in one item of a grouped event ("" if nothing)."""
     if not isinstance(item, dict):
         return f"is {type(item).__name__}, not an object"
-    for name, allowed in _TRANSFER_ITEM_SCHEMA.items():
+    for name, allowed in schema.items():
         if name not in item:
             return f"has no field {name!r}"
         if type(item[name]) not in allowed:

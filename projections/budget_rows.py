@@ -103,7 +103,8 @@ class Step:
     kind: str  # policy, contribution, pledge, grant, resolve, reverse
     event: Any
     pool_account_id: str = ""
-    # contribution and pledge: the transfer item; resolve: ((pool, kind, time zone), ...)
+    # contribution and pledge: the transfer item; grant: the grant item; resolve: ((pool,
+    # kind, time zone), ...); reverse: the pools touched
     detail: Any = None
     month: str = ""
 
@@ -170,7 +171,7 @@ class BudgetBatch:
                 created.add(key)
             elif step.kind in ("policy", "contribution", "pledge", "grant"):
                 touched.add(key)
-                if step.kind == "grant" and step.event.approvals_required == 0:
+                if step.kind == "grant" and step.detail["approvals_required"] == 0:
                     drawing.add(key)
             elif step.kind == "resolve":
                 resolved[bank].append(step.event.transfer_id)

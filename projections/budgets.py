@@ -10,7 +10,7 @@ Tables:
   requests), and beyond_shares (granted past what the shares held; budget_shares.py).
 - budget_months: per pool and month, the same four figures. A month is a calendar month
   of the pool's time zone. A grant counts in the month of the day it was requested on,
-  which its GrantRequested event records (also the day its member's cap counts it on), so
+  which its item of a GrantsRequested event records (also the day its member's cap counts it on), so
   replaying never needs the machine's time-zone data for grants; a contribution and a
   pledge count in the month (in the pool's time zone then in force, by zoneinfo) of the
   event that posted or made it. A reversal takes its original back out of the original's
@@ -61,7 +61,7 @@ banks_remembered_max = 10_000
 
 _HOLD_RESOLVED = frozenset({"PendingPosted", "PendingVoided", "PendingExpired"})
 _FOLLOWED = frozenset(
-    {"BankCreated", "PoolPolicySet", "GrantRequested", "TransfersCreated", "TransferReversed"}
+    {"BankCreated", "PoolPolicySet", "GrantsRequested", "TransfersCreated", "TransferReversed"}
     | _HOLD_RESOLVED
 )
 
@@ -212,10 +212,12 @@ class BudgetsProjection:
                 time_zone = str(event.policy["time_zone"])
                 self._changing(cursor, bank).pools[event.pool_account_id] = time_zone
                 steps.append(Step("policy", event, event.pool_account_id))
-            else:  # GrantRequested
-                if event.approvals_required > 0:
-                    self._hold(cursor, bank, event.grant_id, event.pool_account_id, GRANT)
-                steps.append(Step("grant", event, event.pool_account_id))
+            else:  # GrantsRequested
+                for item in event.grants:
+                    pool = item["pool_account_id"]
+                    if item["approvals_required"] > 0:
+                        self._hold(cursor, bank, item["grant_id"], pool, GRANT)
+                    steps.append(Step("grant", event, pool, item))
         return steps
 
     def _into_pool(self, cursor: Cursor, event: Any, item: Any, time_zone: str) -> Step:
@@ -253,17 +255,17 @@ class BudgetsProjection:
         batch.add_hold(bank, item["transfer_id"], step.pool_account_id, hold)
 
     def _on_grant(self, batch: BudgetBatch, step: Step) -> None:
-        event = step.event
-        bank, pool = event.bank_uuid, step.pool_account_id
-        month, amount = event.period_day[:7], event.amount_minutes
-        batch.usage[(bank, pool, event.period_day, event.member_account_id)] += amount
-        if event.approvals_required == 0:
-            # Paid at once: its transfer is the one recorded just before this event.
-            self._grant(batch, (bank, pool), event.grant_id, event.member_account_id, amount, month)
+        bank, pool, item = step.event.bank_uuid, step.pool_account_id, step.detail
+        day, amount, member = item["period_day"], item["amount_minutes"], item["member_account_id"]
+        month = day[:7]
+        batch.usage[(bank, pool, day, member)] += amount
+        if item["approvals_required"] == 0:
+            # Paid at once: its transfer is in the TransfersCreated event just before.
+            self._grant(batch, (bank, pool), item["grant_id"], member, amount, month)
             return
         batch.count((bank, pool), month, "committed_minutes", amount)
-        hold = Hold(GRANT, event.member_account_id, amount, month, event.period_day)
-        batch.add_hold(bank, event.grant_id, pool, hold)
+        hold = Hold(GRANT, member, amount, month, day)
+        batch.add_hold(bank, item["grant_id"], pool, hold)
 
     def _on_resolve(self, batch: BudgetBatch, step: Step) -> None:
         event = step.event

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from bank_checks import check_replays, loaded
 from domain_harness import START, MemoryBank
+from test_history_format import sections
 
 from ledger.domain import canonical, pools
 from ledger.domain.commands import (
@@ -391,7 +392,7 @@ def test_the_verifier_catches_a_ledger_that_forgot_the_cap_or_the_floor(
     # ...and the verifier, from the stored events alone, says where.
     report = verify((e.stored, e.chain_hash) for e in memory.stored)
     found = [(v.reason, v.version) for v in report.violations]
-    versions = [e.version for e in memory.stored if e.type == "GrantRequested"]
+    versions = [e.version for e in memory.stored if e.type == "GrantsRequested"]
     assert found == [
         (Reason.POOL_FLOOR_BROKEN, versions[0]),
         (Reason.POOL_FLOOR_BROKEN, versions[1]),
@@ -426,4 +427,39 @@ def test_with_member_consent_on_a_front_end_draws_for_a_member_only_with_their_t
     anas = RequestGrant("g1", "pot", "ana", 30, actor=ANA, via_front_end=True, member_subject="ana")
     assert memory.execute(anas).state == "posted"
     assert memory.execute(RequestGrant("g2", "pot", "ben", 30, actor=ADMIN)).state == "posted"
+    check_pool_bank(memory)
+
+
+def test_a_batch_of_grants_and_gifts_is_two_stored_events_whatever_its_size() -> None:
+    memory = bank_with_pool(TWO_OF_THREE, contributed_minutes=150)
+    stored_before = len(memory.stored)
+    commands: list[Command] = []
+    for n in range(10):
+        member = ("ana", "dan")[n % 2]
+        commands.append(RequestGrant(f"g{n}", "pot", member, 10, actor=f"key:app1/member:{member}"))
+        commands.append(CreateTransfer(f"gift-{n}", "surgery", "pot", 5))
+    results = memory.run(commands, START)
+    assert not [r for r in results if isinstance(r, DomainError)]
+
+    # The transfers in arrival order in one event, the requests in one event after it.
+    new = memory.stored[stored_before:]
+    assert [e.type for e in new] == ["TransfersCreated", "GrantsRequested"]
+    transfers = canonical.decode(new[0].stored)["fields"]["transfers"]
+    arrival = [i for n in range(10) for i in (f"g{n}", f"gift-{n}")]
+    assert [t["transfer_id"] for t in transfers] == arrival
+    requests = canonical.decode(new[1].stored)["fields"]["grants"]
+    assert [r["grant_id"] for r in requests] == [f"g{n}" for n in range(10)]
+    assert sorted(sections()["Each request in `grants`"]) == sorted(requests[0])
+
+    # Each open request keeps its own transfer's number, replayed or live.
+    numbers = {t.transfer_id: t.number for t in memory.transfers.values()}
+    assert {g.grant_id: g.number for g in memory.state.pools["pot"].grants.values()} == {
+        f"g{n}": numbers[f"g{n}"] for n in range(10)
+    }
+    # Replayed from the two events, the verifier, snapshots: all as live.
+    check_pool_bank(memory)
+    # An approval later posts its grant, and the verifier still follows.
+    memory.execute(decide("g3", "approve", BEN, "a1"))
+    memory.execute(decide("g3", "approve", CAT, "a2"))
+    assert memory.state.accounts["dan"].balance_minutes == 10
     check_pool_bank(memory)

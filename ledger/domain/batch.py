@@ -53,6 +53,9 @@ class Batch:
         self._holds_added: dict[str, Hold] = {}
         self._holds_removed: set[str] = set()
         self._popped_deadlines: list[tuple[datetime, str]] = []
+        # transfer id -> number, for the transfers of the last TransfersCreated event: the
+        # grant requests that follow it (pools.GrantsRequested) name their transfers by id.
+        self.group_transfer_numbers: dict[str, int] = {}
         self._done = False
 
     # ----------------------------------------------------------------- the bank

@@ -3,10 +3,12 @@
 A pool is an account of kind `pool` with a policy (pool_policy.py). Minutes come in as
 ordinary transfers or pledges (pending transfers into it; pool_rules.py checks who may give)
 and leave only as grants. A grant request is a pending transfer out of the pool, recorded in
-the same batch as its `GrantRequested` event: it reserves the amount against the pool's floor
-and the member's cap at once, and since a batch decides its commands one after another on
-the state the earlier ones left, requests made together can never jointly pass a cap or the
-floor. With k = 0 approvals a request within the caps is paid at once (an immediate transfer).
+the same batch as its item of a `GrantsRequested` event (the batch's grants are grouped in one
+event, after the TransfersCreated event that holds their transfers): it reserves the amount
+against the pool's floor and the member's cap at once, and since a batch decides its commands
+one after another on the state the earlier ones left, requests made together can never
+jointly pass a cap or the floor. With k = 0 approvals a request within the caps is paid at
+once (an immediate transfer).
 
 Decisions: each approval or rejection is an event naming the approver (an entry of the
 policy's `approvers` that the authenticated caller matches: `member:<account>` by that
@@ -24,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from ledger.domain import chain, transfers
+from ledger.domain import chain, limits, transfers
 from ledger.domain.accounts import AccountOpened, check_not_closed, check_open, require_account
 from ledger.domain.batch import Batch
 from ledger.domain.commands import (
@@ -259,20 +261,26 @@ def _record_grant(batch: Batch, command: RequestGrant, policy: PoolPolicy, today
         ),
     )
     deadline = transfers.require_transfer(batch, command.grant_id).deadline
-    batch.record(
-        GrantRequested(
-            grant_id=command.grant_id,
-            pool_account_id=command.pool_account_id,
-            member_account_id=command.member_account_id,
-            amount_minutes=command.amount_minutes,
-            period_day=today.isoformat(),
-            approvers=list(policy.approvers) if pending else [],
-            approvals_required=policy.approvals_required,
-            deadline="" if deadline is None else chain.timestamp_text(deadline),
-            actor=command.actor,
-            actor_label=command.actor_label,
-        )
-    )
+    item = {
+        "grant_id": command.grant_id,
+        "pool_account_id": command.pool_account_id,
+        "member_account_id": command.member_account_id,
+        "amount_minutes": command.amount_minutes,
+        "period_day": today.isoformat(),
+        "approvers": list(policy.approvers) if pending else [],
+        "approvals_required": policy.approvals_required,
+        "deadline": "" if deadline is None else chain.timestamp_text(deadline),
+        "actor": command.actor,
+        "actor_label": command.actor_label,
+    }
+    last = batch.last_event()
+    if isinstance(last, GrantsRequested) and len(last.grants) < limits.transfers_per_event_max:
+        # Joins the batch's open group (its transfer joined the group just before it).
+        last.grants.append(item)
+        batch.changes += 1
+        apply_grant_request(batch, item, batch.version, batch.timestamp)
+    else:
+        batch.record(GrantsRequested(grants=[item]))
 
 
 def _request_content(record: TransferRecord) -> dict[str, Any]:
@@ -347,48 +355,56 @@ def _check_floor(pool_account: Account, policy: PoolPolicy, amount_minutes: int)
 
 @event_type
 @dataclass(frozen=True, slots=True)
-class GrantRequested(Event):
-    """A grant request, recorded just after its transfer (pending, or immediate when k = 0).
-    `period_day` is the day (pool's time zone) whose usage it counts in."""
+class GrantsRequested(Event):
+    """Grant requests recorded together, just after the TransfersCreated event that holds
+    their transfers (pending, or immediate when k = 0). Each item: grant_id,
+    pool_account_id, member_account_id, amount_minutes, period_day (the day, in the pool's
+    time zone, whose usage it counts in), approvers (the policy's when requested; empty with
+    k = 0), approvals_required, deadline (ISO 8601, or "" for none), actor, actor_label.
 
-    TYPE = "GrantRequested"
-    grant_id: str
-    pool_account_id: str
-    member_account_id: str
-    amount_minutes: int
-    period_day: str
-    # Who decides it (the policy's, when requested); empty with k = 0.
-    approvers: list[str]
-    approvals_required: int
-    # ISO 8601, or "" for none.
-    deadline: str
-    actor: str
-    actor_label: str
+    Grouped like transfers: a batch's grants and their transfers make two events however
+    many there are, where one event per grant made a busy pool cost a stored event per call.
+    """
+
+    TYPE = "GrantsRequested"
+    grants: list[dict[str, Any]]
 
     def apply(self, batch: Batch, version: int, timestamp: datetime) -> None:
-        pool = batch.pool_for_update(self.pool_account_id)
-        pool.add_usage(self.member_account_id, self.period_day, self.amount_minutes)
-        grant = Grant(
-            grant_id=self.grant_id,
-            member_account_id=self.member_account_id,
-            amount_minutes=self.amount_minutes,
-            period_day=self.period_day,
-            requested_by=self.actor,
-            approvers=tuple(self.approvers),
-            approvals_required=self.approvals_required,
-            requested_at=timestamp,
-            deadline=datetime.fromisoformat(self.deadline) if self.deadline else None,
-            # Its transfer is the one recorded just before it.
-            number=batch.transfer_count,
+        for item in self.grants:
+            apply_grant_request(batch, item, version, timestamp)
+
+    def changes(self) -> int:
+        return len(self.grants)
+
+
+def apply_grant_request(
+    batch: Batch, item: dict[str, Any], version: int, timestamp: datetime
+) -> None:
+    """One grant request's effect: its usage against the cap, and its open request."""
+    pool_account_id, member_account_id = item["pool_account_id"], item["member_account_id"]
+    pool = batch.pool_for_update(pool_account_id)
+    pool.add_usage(member_account_id, item["period_day"], item["amount_minutes"])
+    grant = Grant(
+        grant_id=item["grant_id"],
+        member_account_id=member_account_id,
+        amount_minutes=item["amount_minutes"],
+        period_day=item["period_day"],
+        requested_by=item["actor"],
+        approvers=tuple(item["approvers"]),
+        approvals_required=item["approvals_required"],
+        requested_at=timestamp,
+        deadline=datetime.fromisoformat(item["deadline"]) if item["deadline"] else None,
+        # Its transfer is in the TransfersCreated event just before.
+        number=batch.group_transfer_numbers[item["grant_id"]],
+    )
+    pending = grant.approvals_required > 0
+    if pending:
+        pool.grants[grant.grant_id] = grant
+    if batch.records is not None:
+        state, resolved_at = ("pending", None) if pending else ("posted", timestamp)
+        batch.records.grant_changes[grant.grant_id] = grant_record(
+            pool_account_id, grant, state, resolved_at, version
         )
-        pending = self.approvals_required > 0
-        if pending:
-            pool.grants[self.grant_id] = grant
-        if batch.records is not None:
-            state, resolved_at = ("pending", None) if pending else ("posted", timestamp)
-            batch.records.grant_changes[self.grant_id] = grant_record(
-                self.pool_account_id, grant, state, resolved_at, version
-            )
 
 
 # --------------------------------------------------------------------- decisions

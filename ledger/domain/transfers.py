@@ -151,12 +151,13 @@ def _record_new(batch: Batch, command: CreateTransfer) -> TransferView:
     item["actor"] = command.actor
     item["actor_label"] = command.actor_label
     item["deadline"] = "" if deadline is None else chain.timestamp_text(deadline)
-    last = batch.last_event()
-    if isinstance(last, TransfersCreated) and len(last.transfers) < limits.transfers_per_event_max:
+    group = _open_group(batch)
+    if group is not None:
         # Joins the batch's open group: same event, same version, same timestamp.
-        last.transfers.append(item)
+        version, event = group
+        event.transfers.append(item)
         batch.changes += 1
-        apply_new_transfer(batch, item, batch.version, batch.timestamp)
+        apply_new_transfer(batch, item, version, batch.timestamp)
     else:
         batch.record(TransfersCreated(transfers=[item]))
     assert batch.records is not None
@@ -165,6 +166,25 @@ def _record_new(batch: Batch, command: CreateTransfer) -> TransferView:
 
 # For other modules that record a transfer they checked themselves (pools.py: grants).
 record_new = _record_new
+
+
+def _open_group(batch: Batch) -> tuple[int, TransfersCreated] | None:
+    """The batch's TransfersCreated event a new transfer may join, with its version: the last
+    event, or the one before it when the last is the group of grant requests that follows
+    it (pools.py). Either way nothing but grants follows the transfers, and applying a grant
+    request needs only its own transfer, so replaying the two events gives the same state."""
+    events = batch.events
+    for back in (1, 2):
+        if len(events) < back:
+            return None
+        version, _, event = events[-back]
+        if isinstance(event, TransfersCreated):
+            if len(event.transfers) < limits.transfers_per_event_max:
+                return version, event
+            return None
+        if back == 1 and type(event).TYPE != "GrantsRequested":
+            return None
+    return None
 
 
 @event_type
@@ -178,6 +198,8 @@ class TransfersCreated(Event):
     transfers: list[dict[str, Any]]
 
     def apply(self, batch: Batch, version: int, timestamp: datetime) -> None:
+        # The numbers of this group's transfers, for the grant requests that may follow.
+        batch.group_transfer_numbers.clear()
         for item in self.transfers:
             apply_new_transfer(batch, item, version, timestamp)
 
@@ -205,6 +227,7 @@ def apply_new_transfer(
         payer.balance_minutes -= amount
         payee.balance_minutes += amount
     number = batch.next_transfer_number()
+    batch.group_transfer_numbers[item["transfer_id"]] = number
     if batch.records is None:
         return
     batch.records.add_transfer(
