@@ -11,8 +11,9 @@ bisection steps between the last rate that kept up and the first that did not; a
 peak then gives the latency the targets speak of. `--repeat N` repeats the whole set N times
 (interleaved, so machine noise hits every scenario alike) and the table shows medians.
 
-Scenarios: echo (baseline a, bare gRPC echo), uniform, hot, pool, batch, mixed, naive (baseline b:
-the uniform scenario on a ledger with LEDGER_WRITER_BATCH_MAX=1). `--quick` is a one-minute
+Scenarios: echo (baseline a, bare gRPC echo), uniform, hot, pool, batch, mixed, reads (mixed's
+baseline: reads only), naive (baseline b: the uniform scenario on a ledger with
+LEDGER_WRITER_BATCH_MAX=1). `--quick` is a one-minute
 smoke run; `--quick --scenarios batch --duration 2` takes about 15 seconds.
 
 `--existing-schema NAME` points the ledger scenarios at a schema that already holds the bank
@@ -79,6 +80,8 @@ batch_transfers_per_second_min = 45_000
 # p99 at half of the peak: unary calls, and batches of 100.
 half_peak_p99_ms_max = 10.0
 batch_half_peak_p99_ms_max = 20.0
+# Reads never queue behind commits: GetAccount's p99 under mixed load within 2x of no writes.
+mixed_reads_p99_ratio_max = 2.0
 # A step keeps up when it achieves this share of the offered rate with no errors.
 achieved_ratio_min = 0.95
 
@@ -139,6 +142,13 @@ scenarios = {
             "80% GetAccount/ListAccountTransfers, 20% CreateTransfer",
             100,
             read_fraction=0.8,
+        ),
+        Scenario(
+            "reads",
+            "mixed",
+            "GetAccount/ListAccountTransfers only, no writes (mixed's baseline)",
+            100,
+            read_fraction=1.0,
         ),
         Scenario(
             "naive",
@@ -512,6 +522,9 @@ def summarise(runs: Sequence[ScenarioRun]) -> dict[str, dict[str, Any]]:
             "half_p50_ms": _spread([h.latency_ms["p50"] for h in halves]),
             "half_p99_ms": _spread([h.latency_ms["p99"] for h in halves]),
             "half_p999_ms": _spread([h.latency_ms["p99.9"] for h in halves]),
+            "half_get_account_p99_ms": _spread(
+                [h.latency_ms_by_op["GetAccount"]["p99"] for h in halves if _reads(h)]
+            ),
             "errors": sum(step.error_calls for run in done for step in run.steps),
             "item_errors": sum(
                 sum(step.item_errors.values()) for run in done for step in run.steps
@@ -519,6 +532,10 @@ def summarise(runs: Sequence[ScenarioRun]) -> dict[str, dict[str, Any]]:
             "bank_checks": sorted({run.bank_check.get("verdict", "-") for run in done}),
         }
     return summary
+
+
+def _reads(step: StepSummary) -> bool:
+    return "p99" in step.latency_ms_by_op.get("GetAccount", {})
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -600,6 +617,24 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     p99 <= limit_ms,
                 )
             )
+    mixed, alone = (
+        median("mixed", "half_get_account_p99_ms"),
+        median("reads", "half_get_account_p99_ms"),
+    )
+    if mixed is not None and alone:
+        rate_mixed = median("mixed", "half_calls_per_second") or 0.0
+        rate_alone = median("reads", "half_calls_per_second") or 0.0
+        rates = f"{rate_mixed:,.0f} / {rate_alone:,.0f} calls/s"
+        measured = f"{mixed:.1f} / {alone:.1f} ms = {mixed / alone:.1f}x (at {rates})"
+        rows.append(
+            row(
+                "GetAccount p99 at half peak, mixed vs no writes",
+                measured,
+                mixed / alone,
+                f"<= {mixed_reads_p99_ratio_max:.0f}x",
+                mixed / alone <= mixed_reads_p99_ratio_max,
+            )
+        )
     uniform, naive = median("uniform", transfers), median("naive", transfers)
     if uniform is not None and naive:
         gain = uniform / naive
