@@ -162,7 +162,7 @@ def export(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.domain.errors import NotFound
     from ledger.storage.store import LedgerStore
 
-    store = LedgerStore(settings.eventsourcing_env())
+    store = LedgerStore.beside_writers(settings.eventsourcing_env())
     try:
         with ExitStack() as stack:
             out: IO[bytes] = (
@@ -190,7 +190,7 @@ def import_file(settings: Settings, args: argparse.Namespace) -> int:
     from ledger.storage.store import LedgerStore
 
     keys = public_keys(args.public_key)
-    store = LedgerStore(settings.eventsourcing_env())
+    store = LedgerStore.beside_writers(settings.eventsourcing_env())
     try:
         imported = import_bank(store, args.file, datetime.now(UTC), public_keys=keys or None)
     except ImportRefused as error:

@@ -162,7 +162,7 @@ def project(settings: Settings, names: Sequence[str], stopping: threading.Event)
     from projections.registry import ProjectionSet, projection_names
 
     _check_durable(settings)
-    store = LedgerStore(settings.eventsourcing_env())
+    store = LedgerStore.beside_writers(settings.eventsourcing_env())
     try:
         projections = ProjectionSet.open(settings, store, names or projection_names)
         exporter = None
@@ -192,7 +192,7 @@ def replay(settings: Settings, name: str) -> int:
     from projections.registry import ProjectionSet
 
     _check_durable(settings)
-    store = LedgerStore(settings.eventsourcing_env())
+    store = LedgerStore.beside_writers(settings.eventsourcing_env())
     try:
         projections = ProjectionSet.open(settings, store, [name])
         try:
@@ -223,7 +223,7 @@ def verify(
     from ledger.storage.store import LedgerStore
 
     _check_durable(settings)
-    store = LedgerStore(settings.eventsourcing_env())
+    store = LedgerStore.beside_writers(settings.eventsourcing_env())
     failed = 0
     try:
         for bank_id in bank_ids:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TypeVar
 
-from projections.db import Cursor, insert_rows, select_in, upsert_rows
+from projections.db import Cursor, add_rows, insert_rows, select_in, upsert_rows
 
 IMPACT_DDL = (
     "CREATE TABLE IF NOT EXISTS report_pairs ("
@@ -81,6 +81,21 @@ IMPACT_DDL = (
     " out_exchanges BIGINT NOT NULL, out_minutes BIGINT NOT NULL,"
     " PRIMARY KEY (bank_id, month, pool_account_id, category))",
 )
+# The delta-written tables' keys and counters, as (name, SQL type), in their rows' order.
+_TEXT = "text"
+_PAIR_KEY = (("bank_id", _TEXT), ("lower_account_id", _TEXT), ("higher_account_id", _TEXT))
+_PARTNER_KEY = (
+    ("bank_id", _TEXT),
+    ("month", _TEXT),
+    ("account_id", _TEXT),
+    ("partner_account_id", _TEXT),
+)
+_PARTNER_COUNTERS = ("exchanges", "given_minutes", "received_minutes")
+_MONTH_KEY = (("bank_id", _TEXT), ("month", _TEXT))
+_IMPACT_COUNTERS = ("exchanges", "minutes", "repeat_exchanges", "repeat_minutes")
+_POOL_KEY = (("bank_id", _TEXT), ("month", _TEXT), ("pool_account_id", _TEXT), ("category", _TEXT))
+_POOL_COUNTERS = ("in_exchanges", "in_minutes", "out_exchanges", "out_minutes")
+_DAY_KEY = (("bank_id", _TEXT), ("account_id", _TEXT), ("day", _TEXT))
 IMPACT_TABLES = (
     "report_pairs",
     "report_exchange_facts",
@@ -398,10 +413,11 @@ class ImpactBatch:
 
     def _write(self) -> None:
         cursor = self.cursor
-        cursor.executemany(
-            "INSERT INTO report_pairs (bank_id, lower_account_id, higher_account_id, exchanges)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (bank_id, lower_account_id, higher_account_id)"
-            " DO UPDATE SET exchanges = report_pairs.exchanges + excluded.exchanges",
+        add_rows(
+            cursor,
+            "report_pairs",
+            (*_PAIR_KEY, ("exchanges", "bigint")),
+            [name for name, _ in _PAIR_KEY],
             [(*key, delta) for key, delta in self.pair_deltas.items()],
         )
         insert_rows(
@@ -411,42 +427,23 @@ class ImpactBatch:
             [(*key, day, int(repeat)) for key, (day, repeat) in self.new_facts.items()],
             ("text", "text", "text", "bigint"),
         )
-        cursor.executemany(
-            "INSERT INTO report_partner_months (bank_id, month, account_id, partner_account_id,"
-            " exchanges, given_minutes, received_minutes) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (bank_id, month, account_id, partner_account_id) DO UPDATE SET"
-            " exchanges = report_partner_months.exchanges + excluded.exchanges,"
-            " given_minutes = report_partner_months.given_minutes + excluded.given_minutes,"
-            " received_minutes = report_partner_months.received_minutes"
-            " + excluded.received_minutes",
-            [(*key, *values) for key, values in self.partner_months.items()],
-        )
-        cursor.executemany(
-            "INSERT INTO report_impact_months (bank_id, month, exchanges, minutes,"
-            " repeat_exchanges, repeat_minutes) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (bank_id, month) DO UPDATE SET"
-            " exchanges = report_impact_months.exchanges + excluded.exchanges,"
-            " minutes = report_impact_months.minutes + excluded.minutes,"
-            " repeat_exchanges = report_impact_months.repeat_exchanges"
-            " + excluded.repeat_exchanges,"
-            " repeat_minutes = report_impact_months.repeat_minutes + excluded.repeat_minutes",
-            [(*key, *values) for key, values in self.impact_months.items()],
-        )
-        cursor.executemany(
-            "INSERT INTO report_pool_months (bank_id, month, pool_account_id, category,"
-            " in_exchanges, in_minutes, out_exchanges, out_minutes)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (bank_id, month, pool_account_id, category) DO UPDATE SET"
-            " in_exchanges = report_pool_months.in_exchanges + excluded.in_exchanges,"
-            " in_minutes = report_pool_months.in_minutes + excluded.in_minutes,"
-            " out_exchanges = report_pool_months.out_exchanges + excluded.out_exchanges,"
-            " out_minutes = report_pool_months.out_minutes + excluded.out_minutes",
-            [(*key, *values) for key, values in self.pool_months.items()],
-        )
-        cursor.executemany(
-            "INSERT INTO report_member_days (bank_id, account_id, day, exchanges)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (bank_id, account_id, day) DO UPDATE SET"
-            " exchanges = report_member_days.exchanges + excluded.exchanges",
+        for table, key, counters, rows in (
+            ("report_partner_months", _PARTNER_KEY, _PARTNER_COUNTERS, self.partner_months),
+            ("report_impact_months", _MONTH_KEY, _IMPACT_COUNTERS, self.impact_months),
+            ("report_pool_months", _POOL_KEY, _POOL_COUNTERS, self.pool_months),
+        ):
+            add_rows(
+                cursor,
+                table,
+                (*key, *((name, "bigint") for name in counters)),
+                [name for name, _ in key],
+                [(*k, *values) for k, values in rows.items()],
+            )
+        add_rows(
+            cursor,
+            "report_member_days",
+            (*_DAY_KEY, ("exchanges", "bigint")),
+            [name for name, _ in _DAY_KEY],
             [(*key, delta) for key, delta in self.member_days.items()],
         )
         self._write_members()

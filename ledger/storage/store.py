@@ -70,6 +70,21 @@ class LedgerStore:
             self.recorder, "datastore"
         )
 
+    @classmethod
+    def beside_writers(cls, env: Mapping[str, str]) -> LedgerStore:
+        """The store for a process that runs beside a server's writers (the projections,
+        a replay, verify, export): its tables are used as they are, not created, unless they
+        are not there at all. Creating them again ("IF NOT EXISTS", the fillfactor settings)
+        takes table locks that, against a writer's lock on the events table, PostgreSQL
+        resolved by killing one of the two (a projection child died that way under load)."""
+        store = cls({**env, "CREATE_TABLE": "false"})
+        try:
+            store.recorder.max_notification_id()
+        except Exception:  # no tables yet (a fresh database): this process makes them
+            store.close()
+            return cls(env)
+        return store
+
     def close(self) -> None:
         self._factory.close()
 
