@@ -147,17 +147,16 @@ def test_a_pot_from_creation_to_a_posted_grant(riverside: Riverside) -> None:
         transfer_request("give-1", "surgery", "garden-pot", 300), timeout=call_timeout_seconds
     )
     # Ana asks for an hour and a half through the front-end, with her token.
+    ask_g1 = ppb.RequestGrantRequest(
+        bank_id=bank_id,
+        grant_id="g-1",
+        pool_account_id="garden-pot",
+        member_account_id="ana",
+        amount_minutes=90,
+        memo="seeds and tools",
+    )
     asked = riverside.app.RequestGrant(
-        ppb.RequestGrantRequest(
-            bank_id=bank_id,
-            grant_id="g-1",
-            pool_account_id="garden-pot",
-            member_account_id="ana",
-            amount_minutes=90,
-            memo="seeds and tools",
-        ),
-        metadata=riverside.token("ana"),
-        timeout=call_timeout_seconds,
+        ask_g1, metadata=riverside.token("ana"), timeout=call_timeout_seconds
     ).grant
     assert asked.state == ppb.GRANT_STATE_PENDING
     assert asked.requested_by.endswith("/member:ana")
@@ -196,6 +195,14 @@ def test_a_pot_from_creation_to_a_posted_grant(riverside: Riverside) -> None:
     assert [g.grant_id for g in waiting.grants] == ["g-1"]
     approved = decide(riverside.app, "approve", "a-1", "g-1", riverside.token("ben"))
     assert (approved.state, list(approved.approvals)) == (ppb.GRANT_STATE_PENDING, ["member:ben"])
+    # A retry of the open request shows his approval and its position.
+    open_retry = riverside.app.RequestGrant(
+        ask_g1, metadata=riverside.token("ana"), timeout=call_timeout_seconds
+    ).grant
+    assert (list(open_retry.approvals), open_retry.position) == (
+        ["member:ben"],
+        approved.position,
+    )
     # His second approval counts once.
     again = decide(riverside.app, "approve", "a-2", "g-1", riverside.token("ben"))
     assert list(again.approvals) == ["member:ben"]
@@ -203,6 +210,15 @@ def test_a_pot_from_creation_to_a_posted_grant(riverside: Riverside) -> None:
     posted = decide(riverside.admin, "approve", "a-3", "g-1")
     assert posted.state == ppb.GRANT_STATE_POSTED
     assert list(posted.approvals) == ["member:ben", f"key:{riverside.admin_key_id}"]
+    # A retry of the request, decided since, is answered as it stands now.
+    retried = riverside.app.RequestGrant(
+        ask_g1, metadata=riverside.token("ana"), timeout=call_timeout_seconds
+    ).grant
+    assert (retried.state, list(retried.approvals), retried.position) == (
+        ppb.GRANT_STATE_POSTED,
+        list(posted.approvals),
+        posted.position,
+    )
     assert served.ledger.get_account(bank_id, "ana").balance_minutes == 90
     # The pot's list shows it posted; nothing waits for Cat any more.
     listed = riverside.admin.ListGrantRequests(

@@ -575,7 +575,8 @@ def _grant_now(batch: Batch, record: TransferRecord) -> GrantRecord:
     pool = batch.pool(record.payer_account_id)
     grant = pool.grants.get(record.transfer_id) if pool is not None else None
     if grant is not None:
-        return grant_record(record.payer_account_id, grant, "pending", None, record.position)
+        found = grant_record(record.payer_account_id, grant, "pending", None, record.position)
+        return replace(found, complete=False)
     return GrantRecord(
         grant_id=record.transfer_id,
         pool_account_id=record.payer_account_id,
@@ -592,6 +593,7 @@ def _grant_now(batch: Batch, record: TransferRecord) -> GrantRecord:
         resolved_at=record.resolved_at,
         number=record.number,
         position=record.position,
+        complete=False,
     )
 
 

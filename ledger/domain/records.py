@@ -9,7 +9,7 @@ memory as the batch's events are applied, so a later command in the batch sees t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -225,3 +225,6 @@ class GrantRecord:
     # The transfer's number (the order requests were made in) and the latest change's position.
     number: int
     position: int
+    # False for the answer to a retry (pools._grant_now): rebuilt from the decision state or
+    # from its transfer, it may lack the decisions and latest position the index row holds.
+    complete: bool = field(default=True, compare=False)
