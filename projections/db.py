@@ -8,7 +8,6 @@ translated for psycopg.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool
 
 from ledger.config import ConfigError
+from ledger.storage import bulk
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
@@ -177,9 +177,6 @@ def add_rows(
     )
 
 
-_json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
-
-
 def _on_conflict_add(table: str, names: Sequence[str], key_columns: Sequence[str]) -> str:
     sums = ", ".join(
         f"{name} = {table}.{name} + excluded.{name}" for name in names if name not in key_columns
@@ -287,7 +284,7 @@ class _PostgresCursor:
             f"INSERT INTO {table} ({', '.join(names)})"
             f" SELECT {values} FROM jsonb_array_elements(?::jsonb) AS r"
             f" {_on_conflict_add(table, names, key_columns)}",
-            (_json_rows([list(row) for row in rows]),),
+            bulk.rows_json(rows),
         )
 
     def select_any(self, statement: str, params: Params, keys: Sequence[Any]) -> list[Row]:

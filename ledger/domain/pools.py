@@ -245,7 +245,7 @@ def request_grant(batch: Batch, command: RequestGrant) -> GrantRecord:
 def _record_grant(batch: Batch, command: RequestGrant, policy: PoolPolicy, today: date) -> None:
     """The grant's transfer (pending until decided; immediate with k = 0), then its event."""
     pending = policy.approvals_required > 0
-    transfers.record_new(
+    recorded = transfers.record_new(
         batch,
         CreateTransfer(
             transfer_id=command.grant_id,
@@ -260,7 +260,7 @@ def _record_grant(batch: Batch, command: RequestGrant, policy: PoolPolicy, today
             actor_label=command.actor_label,
         ),
     )
-    deadline = transfers.require_transfer(batch, command.grant_id).deadline
+    deadline = recorded.deadline
     item = {
         "grant_id": command.grant_id,
         "pool_account_id": command.pool_account_id,
